@@ -1,0 +1,1 @@
+"""Kimchi-premium paper trader: the domain core (plain Python, no Ray)."""

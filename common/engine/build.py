@@ -1,0 +1,181 @@
+"""From Settings to components: configs, the market-data source and its TopN, run ids.
+
+Shared by the local and the Ray engine so both build exactly the same things.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from common.engine.coordinator import CoordinatorConfig
+from common.execution.executor import LatencyConfig
+from common.fill.models import FillModelConfig
+from common.marketdata.batch import BookBatch, SymbolTable
+from common.marketdata.mock import MOCK_UNIVERSE, MockConfig, MockMarket, mock_universe_topn
+from common.marketdata.replay import DataSourceError, ReplaySource, scan_symbols
+from common.marketdata.validate import BookValidator, count_reasons
+from common.portfolio.state import FeeSchedule
+from common.risk.guard import RiskLimits
+from common.settings import Settings
+from common.strategy.signals import StrategyConfig, TopBatch
+
+DATA_SOURCES = ("mock", "replay", "real")
+#: one hour of mock market unless the user says otherwise
+DEFAULT_MOCK_SECONDS = 3600.0
+
+
+def fill_model_config(s: Settings) -> FillModelConfig:
+    return FillModelConfig(
+        enable=s.fill_model_enable, kind=s.fill_model_kind,
+        partial_enable=s.fill_model_partial_enable, slippage_enable=s.fill_model_slippage_enable,
+        slippage_alpha=s.fill_model_slippage_alpha,
+        simple_volume_multiplier=s.fill_model_simple_volume_multiplier,
+        hidden_depth_ratio=s.fill_model_hidden_depth_ratio,
+        impact_exponent=s.fill_model_impact_exponent,
+    )
+
+
+def fee_schedule(s: Settings) -> FeeSchedule:
+    return FeeSchedule(upbit_bps=s.upbit_fee_bps, binance_bps=s.binance_fee_bps)
+
+
+def coordinator_config(s: Settings) -> CoordinatorConfig:
+    return CoordinatorConfig(
+        strategy=StrategyConfig(
+            upbit_fee_bps=s.upbit_fee_bps, binance_fee_bps=s.binance_fee_bps,
+            expected_slippage_bps=s.expected_slippage_bps, entry_margin_bps=s.entry_margin_bps,
+            ewma_halflife_s=s.ewma_halflife_s, warmup_s=s.warmup_s,
+            exit_band_bps=s.exit_band_bps, stop_loss_bps=s.stop_loss_bps,
+            max_holding_s=s.max_holding_s, trade_notional_usd=s.trade_notional_usd,
+        ),
+        limits=RiskLimits(
+            max_notional_per_trade_usd=s.max_notional_per_trade_usd,
+            max_exposure_per_symbol_usd=s.max_exposure_per_symbol_usd,
+            max_total_exposure_usd=s.max_total_exposure_usd,
+            max_open_round_trips=s.max_open_round_trips, max_loss_usd=s.max_loss_usd,
+        ),
+        latency=LatencyConfig(upbit_ms=s.upbit_latency_ms, binance_ms=s.binance_latency_ms,
+                              jitter_ms=s.latency_jitter_ms),
+        fees=fee_schedule(s),
+        max_slippage_bps=s.max_slippage_bps, settle_ms=s.settle_ms,
+        initial_krw=s.initial_krw, initial_usdt=s.initial_usdt,
+        initial_coin_usd=s.initial_coin_usd, lot_sizes=dict(s.lot_sizes),
+        lot_value_usd=s.lot_value_usd, seed=s.seed,
+    )
+
+
+def new_run_id() -> str:
+    return datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class MarketSource:
+    """A market-data source ready to stream: its symbols, table and batches."""
+
+    kind: str
+    symbols: list[str]  # the TopN symbols traded
+    symtab: SymbolTable
+    _batches: Iterator[tuple[BookBatch, dict[str, int]]]
+    description: str
+    duration_s: float | None
+
+    def batches(self) -> Iterator[tuple[BookBatch, dict[str, int]]]:
+        return self._batches
+
+
+def open_source(kind: str, s: Settings, replay_path: str | None,
+                duration_s: float | None) -> MarketSource:
+    """Build the data source of ``kind``. Raises DataSourceError with a one-line message."""
+    if kind == "mock":
+        symbols = list(s.symbols) if s.symbols else list(mock_universe_topn(s.topn_size))
+        unknown = [x for x in symbols if x not in MOCK_UNIVERSE]
+        if unknown:
+            raise DataSourceError(f"SYMBOLS: the mock market has no {', '.join(unknown)} "
+                                  f"(it knows {', '.join(sorted(MOCK_UNIVERSE))})")
+        symbols = [x for x in symbols if x not in s.symbol_deny][: s.topn_size]
+        market = MockMarket(MockConfig(seed=s.seed, symbols=tuple(symbols)))
+        seconds = DEFAULT_MOCK_SECONDS if duration_s is None else duration_s
+        gen = ((b, {}) for b in market.batches(seconds, batch_rows=s.batch_rows))
+        return MarketSource("mock", symbols, market.symtab, gen,
+                            f"mock market, {len(symbols)} symbols, {seconds:g} s, seed {s.seed}",
+                            seconds)
+    if kind == "replay":
+        if not replay_path:
+            raise DataSourceError("--replay-path is required with --data-source replay")
+        ranked = scan_symbols(replay_path)
+        if s.symbols:
+            symbols = [x for x in s.symbols if x not in s.symbol_deny]
+            missing = [x for x in symbols if x not in ranked]
+            if missing:
+                raise DataSourceError(f"SYMBOLS: {', '.join(missing)} not on both venues in "
+                                      f"{replay_path}")
+        else:
+            symbols = [x for x in ranked if x not in s.symbol_deny][: s.topn_size]
+        if not symbols:
+            raise DataSourceError(f"{replay_path}: no symbol has books on both upbit and binance")
+        symtab = SymbolTable()
+        src = ReplaySource(replay_path, symtab, batch_rows=s.batch_rows, symbols=set(symbols))
+        gen = src.batches()
+        if duration_s is not None:
+            gen = _limit_duration(gen, duration_s)
+        return MarketSource("replay", symbols, symtab, gen,
+                            f"replay of {replay_path} ({src.rows_total} rows), "
+                            f"{len(symbols)} symbols", duration_s)
+    if kind == "real":
+        raise DataSourceError("--data-source real: live WebSocket market data is not part of "
+                              "this build yet; use mock or replay")
+    raise DataSourceError(f"--data-source: unknown source {kind!r} (choose from "
+                          f"{', '.join(DATA_SOURCES)})")
+
+
+def _limit_duration(gen, duration_s: float):
+    """Stop a replay ``duration_s`` event-seconds after its first row."""
+    start = None
+    for batch, rejects in gen:
+        if len(batch) == 0:
+            yield batch, rejects
+            continue
+        if start is None:
+            start = int(batch.recv_ns[0])
+        end = start + int(duration_s * 1e9)
+        if batch.recv_ns[-1] < end:
+            yield batch, rejects
+            continue
+        keep = int(np.searchsorted(batch.recv_ns, end, side="left"))
+        if keep:
+            yield batch.take(np.arange(keep)), rejects
+        return
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedBatch:
+    """A batch as the engines consume it: the rows, which are valid, and the top of book."""
+
+    batch: BookBatch
+    valid_rows: np.ndarray
+    top: TopBatch
+    rows_in: int
+    rejected: dict[str, int]
+
+
+def validate_batch(validator: BookValidator, batch: BookBatch,
+                   pre_rejected: dict[str, int]) -> ValidatedBatch:
+    """Validate every book once; the coordinator's light stream is the valid rows' top of book."""
+    codes = validator.validate(batch)
+    valid = np.flatnonzero(codes == 0)
+    rejected = count_reasons(codes)
+    for k, v in pre_rejected.items():
+        rejected[k] = rejected.get(k, 0) + v
+    bid = batch.bid_px[batch.bid_off[valid]]
+    ask = batch.ask_px[batch.ask_off[valid]]
+    n = len(batch)
+    top = TopBatch(recv_ns=batch.recv_ns[valid], venue=batch.venue[valid], sym=batch.sym[valid],
+                   bid=bid, ask=ask,
+                   start_ns=int(batch.recv_ns[0]) if n else -1,
+                   end_ns=int(batch.recv_ns.max()) if n else -1)
+    return ValidatedBatch(batch, valid, top, n + sum(pre_rejected.values()), rejected)

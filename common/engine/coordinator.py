@@ -1,0 +1,565 @@
+"""The coordinator core: the one brain that turns the top-of-book stream into trades.
+
+It owns TopN membership, the ``PortfolioState`` and the global ``RiskGuard``, and decides entries,
+exits and hedges in exact event-time order. Premiums and signals are computed over whole batches
+(``SymbolFrame``); Python-level work happens only where a decision is taken. Trades go out through
+an ``ExecutionPort`` (in-process executors, or Ray symbol actors) and their results come back when
+their settlement chunk closes: a trade decided at t with legs arriving at t + latency settles at
+the end of the ``settle_ms`` chunk that holds its last arrival, and until then its worst-case
+amounts are reserved and its symbol decides nothing new. Results therefore never depend on when
+the executors happen to compute them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from loguru import logger
+
+from common.execution.executor import LatencyConfig, LatencyModel
+from common.portfolio.state import FeeSchedule, PortfolioState
+from common.reporting.kpi import KpiAccumulator
+from common.reporting.trade_log import build_row
+from common.risk.guard import LegNeed, RiskGuard, RiskLimits, floor_lot
+from common.strategy.signals import CarryState, StrategyConfig, SymbolFrame, TopBatch, fx_series
+from common.types import (
+    BINANCE,
+    LEG_ENTRY,
+    LEG_EXIT,
+    LEG_HEDGE,
+    UPBIT,
+    VENUE_NAMES,
+    VENUE_QUOTES,
+    ExecutionResult,
+    Trade,
+    make_trade_id,
+)
+
+FLAT, OPEN = "flat", "open"
+# heap event kinds, in the order they run at equal times: settle first, then marks, then decisions
+_SETTLE, _MARK, _DECIDE = 0, 1, 2
+
+
+class ExecutionPort(Protocol):
+    """Where trades go and results come from: in-process executors or Ray symbol actors."""
+
+    def submit(self, symbol: str, trades: list[Trade]) -> None: ...
+
+    def collect(self, symbols: list[str], up_to_ns: int) -> dict[str, list[ExecutionResult]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    strategy: StrategyConfig = StrategyConfig()
+    limits: RiskLimits = RiskLimits()
+    latency: LatencyConfig = LatencyConfig()
+    fees: FeeSchedule = FeeSchedule()
+    max_slippage_bps: float = 15.0
+    settle_ms: int = 250
+    initial_krw: float = 300_000_000.0
+    initial_usdt: float = 200_000.0
+    initial_coin_usd: float = 20_000.0
+    lot_sizes: dict = field(default_factory=dict)
+    lot_value_usd: float = 1.0
+    seed: int = 7
+    mark_interval_s: float = 60.0
+    max_hedge_attempts: int = 3
+
+
+@dataclass(slots=True)
+class RoundTrip:
+    rt_id: str
+    opened_ns: int
+    start_mark_usd: float
+    cash_usd: float = 0.0
+    fees_usd: float = 0.0
+    notional_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class SymbolState:
+    name: str
+    sid: int
+    latency: LatencyModel
+    carry: CarryState = field(default_factory=CarryState)
+    cand_prev: bool = False  # was the last event of the previous batch an entry candidate
+    lot: float = 0.0
+    funded: bool = False
+    status: str = FLAT
+    direction: int = 0  # +1: sold upbit / bought binance; -1: the reverse
+    entry_premium: float = math.nan
+    entry_ns: int = 0
+    delta: list = field(default_factory=lambda: [0.0, 0.0])  # strategy coin position per venue
+    cash_usd: float = 0.0  # every row's cash flow so far
+    seq: int = 0
+    rt_seq: int = 0
+    rt: RoundTrip | None = None
+    pending: list = field(default_factory=list)  # trades awaiting settlement
+    reservations: list = field(default_factory=list)  # (venue, asset, amount)
+    settle_at: int = -1
+    last_leg_kind: str = ""
+    hedge_attempts: int = 0
+    rearm: bool = False  # after a refusal, wait for a fresh crossing before trying again
+    cursor: int = 0  # last processed index into this batch's frame
+    pnl_sampled: float = 0.0
+    wall_at_decision: dict = field(default_factory=dict)
+
+
+class CoordinatorCore:
+    """Decides every trade. Feed it ``TopBatch``es in order; it calls the port and emits rows."""
+
+    def __init__(self, cfg: CoordinatorConfig, symbols: list[str], symbol_ids: dict[str, int],
+                 fx_id: int, port: ExecutionPort, kpi: KpiAccumulator, session_id: str,
+                 top_n: int) -> None:
+        self.cfg = cfg
+        self.port = port
+        self.kpi = kpi
+        self.session_id = session_id
+        self.top_n = top_n
+        self.fx_id = fx_id
+        self.portfolio = PortfolioState()
+        self.portfolio.fund("upbit", "KRW", cfg.initial_krw)
+        self.portfolio.fund("binance", "USDT", cfg.initial_usdt)
+        self.risk = RiskGuard(cfg.limits)
+        self.symbols = {
+            s: SymbolState(s, symbol_ids[s], LatencyModel(cfg.latency, cfg.seed, s)) for s in symbols
+        }
+        self.fx_carry: tuple[int, float] = (-1, math.nan)
+        self.fx_first: float = math.nan
+        self.initial_price_usd: dict[tuple[str, str], float] = {}
+        self.next_mark_ns: int = -1
+        self.clock_ns: int = -1
+        self._thr = cfg.strategy.entry_threshold
+        self._slip = cfg.max_slippage_bps / 1e4
+        self._settle_ns = int(cfg.settle_ms * 1_000_000)
+        self._frames: dict[str, SymbolFrame] = {}
+        self._fx_t = np.zeros(1, dtype=np.int64)
+        self._fx_mid = np.full(1, np.nan)
+        self.rows_out: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------
+    def process_batch(self, top: TopBatch, wall_recv_ns: int | None = None) -> list[dict]:
+        """Walk one batch of top-of-book events in time order; return the trade rows it settled."""
+        wall_recv_ns = wall_recv_ns if wall_recv_ns is not None else time.perf_counter_ns()
+        self._wall_recv = wall_recv_ns
+        self._end_ns = top.end_ns
+        self._fx_t, self._fx_mid = fx_series(top, self.fx_id, *self.fx_carry)
+        if math.isnan(self.fx_first) and np.isfinite(self._fx_mid).any():
+            self.fx_first = float(self._fx_mid[np.isfinite(self._fx_mid)][0])
+        order = np.argsort(top.sym, kind="stable")
+        sorted_sym = top.sym[order]
+        heap: list[tuple] = []
+        for st in self.symbols.values():
+            lo, hi = np.searchsorted(sorted_sym, [st.sid, st.sid + 1])
+            frame = SymbolFrame(top, order[lo:hi], st.carry, self._fx_t, self._fx_mid,
+                                self.cfg.strategy)
+            self._frames[st.name] = frame
+            st.cursor = 0
+            self._frame_signals(st, frame)
+            self._fund_if_ready(st, frame)
+            if st.pending:
+                if st.settle_at <= top.end_ns:
+                    heapq.heappush(heap, (st.settle_at, _SETTLE, -1, st.name))
+            else:
+                self._push_next(heap, st)
+        if self.next_mark_ns < 0 and len(top):
+            self.next_mark_ns = self._grid_after(int(top.recv_ns[0]))
+        while 0 <= self.next_mark_ns <= top.end_ns:
+            heapq.heappush(heap, (self.next_mark_ns, _MARK, -1, ""))
+            self.next_mark_ns += int(self.cfg.mark_interval_s * 1e9)
+
+        self.rows_out = []
+        while heap:
+            t, kind, row, name = heapq.heappop(heap)
+            self.clock_ns = t
+            if kind == _SETTLE:
+                # every symbol settling at this chunk boundary is collected in one round
+                names = [name]
+                while heap and heap[0][0] == t and heap[0][1] == _SETTLE:
+                    names.append(heapq.heappop(heap)[3])
+                self._settle(names, t, heap)
+            elif kind == _MARK:
+                self._sample_equity(t, list(self.symbols))
+            else:
+                st = self.symbols[name]
+                if st.pending:
+                    continue  # stale entry: the symbol became busy after this was pushed
+                self._decide(st, row, heap)
+
+        for st in self.symbols.values():
+            frame = self._frames[st.name]
+            st.carry = frame.carry()
+            st.cand_prev = bool(frame.cand[-1]) if len(frame) else st.cand_prev
+        if self._fx_t.size:
+            self.fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
+        self.clock_ns = max(self.clock_ns, top.end_ns)
+        return self.rows_out
+
+    def finish(self) -> list[dict]:
+        """End of data: settle what is still pending (hedges included) against the last books,
+        then take a final equity sample. Returns the rows settled here."""
+        self.rows_out = []
+        heap: list[tuple] = []
+        self._end_ns = np.iinfo(np.int64).max
+        for st in self.symbols.values():
+            if st.pending:
+                heapq.heappush(heap, (st.settle_at, _SETTLE, -1, st.name))
+        while heap:
+            t, _, _, name = heapq.heappop(heap)
+            names = [name]
+            while heap and heap[0][0] == t:
+                names.append(heapq.heappop(heap)[3])
+            self.clock_ns = max(self.clock_ns, t)
+            self._settle(names, t, heap, allow_decisions=False)
+        self._sample_equity(self.clock_ns, list(self.symbols))
+        return self.rows_out
+
+    # -- per-batch vectorised signals ------------------------------------------------------------
+    def _frame_signals(self, st: SymbolState, frame: SymbolFrame) -> None:
+        dev_sell_u = frame.p_sell_u - frame.level  # upbit rich: sell upbit, buy binance
+        dev_buy_u = frame.level - frame.p_buy_u  # upbit cheap: buy upbit, sell binance
+        with np.errstate(invalid="ignore"):
+            cand = frame.warm & ((dev_sell_u > self._thr) | (dev_buy_u > self._thr))
+        cand[0] = st.cand_prev
+        frame.cand = cand
+        frame.dev_sell_u = dev_sell_u
+        frame.dev_buy_u = dev_buy_u
+        # events that had both books but no FX cannot be evaluated: count them, never trade them
+        no_fx = np.isfinite(frame.u_bid[1:]) & np.isfinite(frame.b_bid[1:]) & ~np.isfinite(frame.fx[1:])
+        if no_fx.any():
+            self.kpi.add_skipped("no_fx", int(no_fx.sum()))
+        idx = np.flatnonzero(cand)
+        frame.cand_idx = idx[idx > 0]
+        edge = cand.copy()
+        edge[1:] &= ~cand[:-1]
+        eidx = np.flatnonzero(edge)
+        frame.edge_idx = eidx[eidx > 0]
+
+    def _fund_if_ready(self, st: SymbolState, frame: SymbolFrame) -> None:
+        """Pre-fund the coin inventory at the first moment both books and FX are known."""
+        if st.funded:
+            return
+        ok = np.flatnonzero(np.isfinite(frame.p_mid))
+        if ok.size == 0:
+            return
+        i = int(ok[0])
+        b_mid = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
+        u_mid_usd = (frame.u_bid[i] + frame.u_ask[i]) * 0.5 / frame.fx[i]
+        st.lot = self.cfg.lot_sizes.get(st.name) or 10.0 ** math.floor(
+            math.log10(self.cfg.lot_value_usd / b_mid))
+        qty = floor_lot(self.cfg.initial_coin_usd / b_mid, st.lot)
+        self.portfolio.fund("upbit", st.name, qty)
+        self.portfolio.fund("binance", st.name, qty)
+        self.initial_price_usd[("upbit", st.name)] = u_mid_usd
+        self.initial_price_usd[("binance", st.name)] = b_mid
+        st.funded = True
+
+    def _push_next(self, heap: list, st: SymbolState) -> None:
+        """Push the symbol's next decision point in this batch after its cursor, if any."""
+        frame = self._frames[st.name]
+        if not st.funded:
+            return
+        if st.status == FLAT:
+            idx = frame.edge_idx if st.rearm else frame.cand_idx
+            k = int(np.searchsorted(idx, st.cursor, side="right"))
+            if k < idx.size:
+                i = int(idx[k])
+                heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
+            return
+        i = self._next_exit(st, frame)
+        if i >= 0:
+            heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
+
+    def _next_exit(self, st: SymbolState, frame: SymbolFrame) -> int:
+        lo = st.cursor + 1
+        if lo >= len(frame):
+            return -1
+        s = self.cfg.strategy
+        band, stop = s.exit_band_bps / 1e4, s.stop_loss_bps / 1e4
+        with np.errstate(invalid="ignore"):
+            if st.direction > 0:  # exit buys upbit, sells binance
+                x = frame.p_buy_u[lo:]
+                hit = (x - frame.level[lo:] <= band) | (x - st.entry_premium >= stop)
+            else:
+                x = frame.p_sell_u[lo:]
+                hit = (frame.level[lo:] - x <= band) | (st.entry_premium - x >= stop)
+        hit |= frame.t[lo:] >= st.entry_ns + int(s.max_holding_s * 1e9)
+        k = np.flatnonzero(hit)
+        return lo + int(k[0]) if k.size else -1
+
+    # -- decisions -----------------------------------------------------------------------------
+    def _decide(self, st: SymbolState, i: int, heap: list) -> None:
+        frame = self._frames[st.name]
+        st.cursor = i
+        t = int(frame.t[i])
+        if st.status == FLAT:
+            self._decide_entry(st, frame, i, t)
+        else:
+            self._decide_exit(st, frame, i, t)
+        if not st.pending:
+            self._push_next(heap, st)
+        elif st.settle_at <= self._end_ns:
+            heapq.heappush(heap, (st.settle_at, _SETTLE, -1, st.name))
+
+    def _decide_entry(self, st: SymbolState, frame: SymbolFrame, i: int, t: int) -> None:
+        dsell, dbuy = float(frame.dev_sell_u[i]), float(frame.dev_buy_u[i])
+        direction = 1 if dsell >= dbuy else -1
+        b_mid = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
+        fx = float(frame.fx[i])
+        fee_u = self.cfg.fees.rate(UPBIT)
+        if direction > 0:  # buy binance at ask, sell upbit at bid
+            legs = [LegNeed("binance", "USDT", frame.b_ask[i] * (1 + self._slip)),
+                    LegNeed("upbit", st.name, 1.0)]
+        else:
+            legs = [LegNeed("upbit", "KRW", frame.u_ask[i] * (1 + self._slip) * (1 + fee_u)),
+                    LegNeed("binance", st.name, 1.0)]
+        decision = self.risk.check_entry(
+            qty=self.cfg.strategy.trade_notional_usd / b_mid, price_usd=b_mid, lot=st.lot,
+            legs=legs, portfolio=self.portfolio,
+            symbol_exposure_usd=self._exposure(st, t),
+            total_exposure_usd=sum(self._exposure(s, t) for s in self.symbols.values()),
+            open_round_trips=sum(1 for s in self.symbols.values() if s.rt is not None),
+            total_pnl_usd=self.total_pnl_usd(t),
+        )
+        if decision.refusal is not None:
+            st.rearm = True
+            return
+        st.rearm = False
+        st.rt_seq += 1
+        st.rt = RoundTrip(f"{st.name}-RT-{st.rt_seq}", t, self._mark_symbol(st, frame, i))
+        st.direction = direction
+        st.entry_premium = float(frame.p_sell_u[i] if direction > 0 else frame.p_buy_u[i])
+        st.entry_ns = t
+        buy_v, sell_v = (BINANCE, UPBIT) if direction > 0 else (UPBIT, BINANCE)
+        reason = "upbit_rich" if direction > 0 else "upbit_cheap"
+        self._dispatch(st, frame, i, t, LEG_ENTRY, decision.quantity, buy_v, sell_v,
+                       (dsell if direction > 0 else dbuy) * 1e4, reason, fx)
+
+    def _decide_exit(self, st: SymbolState, frame: SymbolFrame, i: int, t: int) -> None:
+        s = self.cfg.strategy
+        if st.direction > 0:
+            x = float(frame.p_buy_u[i])
+            reason = ("stop_loss" if x - st.entry_premium >= s.stop_loss_bps / 1e4 else
+                      "band" if x - frame.level[i] <= s.exit_band_bps / 1e4 else "max_holding")
+            buy_v, sell_v = UPBIT, BINANCE
+        else:
+            x = float(frame.p_sell_u[i])
+            reason = ("stop_loss" if st.entry_premium - x >= s.stop_loss_bps / 1e4 else
+                      "band" if frame.level[i] - x <= s.exit_band_bps / 1e4 else "max_holding")
+            buy_v, sell_v = BINANCE, UPBIT
+        # exits trade the quantities actually held: the pair closes what both venues can close,
+        # anything left over is unwound by a hedge after settlement
+        hold_sell = floor_lot(max(st.delta[sell_v], 0.0), st.lot)
+        hold_buy = floor_lot(max(-st.delta[buy_v], 0.0), st.lot)
+        qty = min(hold_sell, hold_buy)
+        if qty <= 0:
+            qty = max(hold_sell, hold_buy)
+            if hold_sell <= 0:
+                sell_v = -1
+            else:
+                buy_v = -1
+        fee_u = self.cfg.fees.rate(UPBIT)
+        legs = []
+        if buy_v == UPBIT:
+            legs.append(LegNeed("upbit", "KRW", frame.u_ask[i] * (1 + self._slip) * (1 + fee_u)))
+        elif buy_v == BINANCE:
+            legs.append(LegNeed("binance", "USDT", frame.b_ask[i] * (1 + self._slip)))
+        if sell_v >= 0:
+            legs.append(LegNeed(VENUE_NAMES[sell_v], st.name, 1.0))
+        decision = self.risk.check_unwind(qty, st.lot, legs, self.portfolio)
+        if decision.refusal is not None:
+            return
+        dev = (x - float(frame.level[i])) * 1e4 * (1 if st.direction > 0 else -1)
+        self._dispatch(st, frame, i, t, LEG_EXIT, decision.quantity, buy_v, sell_v, dev, reason,
+                       float(frame.fx[i]))
+
+    def _decide_hedge(self, st: SymbolState, t: int) -> bool:
+        """Unwind the coin imbalance left by a partial leg or a coin fee. True if dispatched."""
+        net = st.delta[UPBIT] + st.delta[BINANCE]
+        if abs(net) < st.lot or st.hedge_attempts >= self.cfg.max_hedge_attempts:
+            return False
+        frame = self._frames[st.name]
+        i = frame.asof(t)
+        if net > 0:  # too many coins: sell where we are longest
+            venue = UPBIT if st.delta[UPBIT] > st.delta[BINANCE] else BINANCE
+            buy_v, sell_v = -1, venue
+            legs = [LegNeed(VENUE_NAMES[venue], st.name, 1.0)]
+        else:  # too few: buy back where we are shortest
+            venue = UPBIT if st.delta[UPBIT] < st.delta[BINANCE] else BINANCE
+            buy_v, sell_v = venue, -1
+            per = (frame.u_ask[i] * (1 + self._slip) * (1 + self.cfg.fees.rate(UPBIT))
+                   if venue == UPBIT else frame.b_ask[i] * (1 + self._slip))
+            legs = [LegNeed(VENUE_NAMES[venue], VENUE_QUOTES[venue], per)]
+        px = frame.u_bid[i] if venue == UPBIT else frame.b_bid[i]
+        if not np.isfinite(px):
+            return False
+        decision = self.risk.check_unwind(abs(net), st.lot, legs, self.portfolio)
+        if decision.refusal is not None:
+            return False
+        st.hedge_attempts += 1
+        self._dispatch(st, frame, i, t, LEG_HEDGE, decision.quantity, buy_v, sell_v, 0.0,
+                       "leg_imbalance", float(frame.fx[i]))
+        return True
+
+    def _dispatch(self, st: SymbolState, frame: SymbolFrame, i: int, t: int, kind: str,
+                  qty: float, buy_v: int, sell_v: int, signal_bps: float, reason: str,
+                  fx: float) -> None:
+        st.seq += 1
+        buy_px = (frame.u_ask[i] if buy_v == UPBIT else frame.b_ask[i]) if buy_v >= 0 else math.nan
+        sell_px = (frame.u_bid[i] if sell_v == UPBIT else frame.b_bid[i]) if sell_v >= 0 else math.nan
+        buy_arr = t + st.latency.draw_ns(buy_v) if buy_v >= 0 else t
+        sell_arr = t + st.latency.draw_ns(sell_v) if sell_v >= 0 else t
+        trade = Trade(
+            trade_id=make_trade_id(st.name, kind, st.seq), symbol=st.name, leg_kind=kind,
+            round_trip_id=st.rt.rt_id if st.rt else "",
+            buy_exchange=VENUE_NAMES[buy_v] if buy_v >= 0 else None,
+            sell_exchange=VENUE_NAMES[sell_v] if sell_v >= 0 else None,
+            quantity=qty, buy_price=float(buy_px), sell_price=float(sell_px),
+            buy_limit=float(buy_px * (1 + self._slip)) if buy_v >= 0 else math.nan,
+            sell_limit=float(sell_px * (1 - self._slip)) if sell_v >= 0 else math.nan,
+            decision_ts_ns=t, buy_arrival_ns=buy_arr, sell_arrival_ns=sell_arr,
+            signal_bps=float(signal_bps), reason=reason,
+        )
+        # reserve the worst case: limit price plus a quote fee for buys, the coins for sells
+        if buy_v == UPBIT:
+            self._reserve(st, "upbit", "KRW", qty * trade.buy_limit * (1 + self.cfg.fees.rate(UPBIT)))
+        elif buy_v == BINANCE:
+            self._reserve(st, "binance", "USDT", qty * trade.buy_limit)
+        if sell_v >= 0:
+            self._reserve(st, VENUE_NAMES[sell_v], st.name, qty)
+        last = max(buy_arr, sell_arr)
+        st.settle_at = (last // self._settle_ns + 1) * self._settle_ns
+        st.pending = [trade]
+        st.last_leg_kind = kind
+        st.wall_at_decision[trade.trade_id] = self._wall_recv
+        self.kpi.add_sim_latency([(VENUE_NAMES[buy_v], buy_arr - t)] if buy_v >= 0 else [])
+        self.kpi.add_sim_latency([(VENUE_NAMES[sell_v], sell_arr - t)] if sell_v >= 0 else [])
+        self.port.submit(st.name, [trade])
+
+    def _reserve(self, st: SymbolState, venue: str, asset: str, amount: float) -> None:
+        self.portfolio.reserve(venue, asset, amount)
+        st.reservations.append((venue, asset, amount))
+
+    # -- settlement ----------------------------------------------------------------------------
+    def _settle(self, names: list[str], t: int, heap: list, allow_decisions: bool = True) -> None:
+        results = self.port.collect(names, t)
+        wall_now = time.perf_counter_ns()
+        rows = []
+        for name in sorted(names):
+            st = self.symbols[name]
+            got = {r.trade_id: r for r in results.get(name, [])}
+            missing = [tr.trade_id for tr in st.pending if tr.trade_id not in got]
+            if missing:
+                raise RuntimeError(f"executor for {name} returned no result for {missing} at {t}")
+            for venue, asset, amount in st.reservations:
+                self.portfolio.release(venue, asset, amount)
+            st.reservations = []
+            for trade in st.pending:
+                res = got[trade.trade_id]
+                rows.append(self._apply(st, res, (wall_now - st.wall_at_decision.pop(trade.trade_id)) / 1e6))
+            st.pending = []
+            st.cursor = max(st.cursor, self._frames[name].asof(t))
+            pnl = self._after_settle(st, t)
+            if pnl is not None:
+                rows[-1]["round_trip_closed"] = True
+                rows[-1]["round_trip_pnl_usd"] = pnl
+            if st.pending:
+                if st.settle_at <= self._end_ns:
+                    heapq.heappush(heap, (st.settle_at, _SETTLE, -1, st.name))
+            elif allow_decisions:
+                self._push_next(heap, st)
+        rows.sort(key=lambda r: (r["fill_ts_ns"], r["symbol"], r["trade_id"]))
+        self.rows_out.extend(rows)
+        self._sample_equity(t, names)
+
+    def _apply(self, st: SymbolState, res: ExecutionResult, tick_to_fill_ms: float) -> dict:
+        coin_delta = [0.0, 0.0]
+        cash = fees = 0.0
+        for leg in (res.buy, res.sell):
+            if leg is None:
+                continue
+            self.portfolio.apply_fill(leg, st.name)
+            v = 0 if leg.exchange == "upbit" else 1
+            coin_delta[v] += leg.coin_delta
+            st.delta[v] += leg.coin_delta
+            cash += leg.cash_flow_usd
+            fees += leg.fee_usd
+        st.cash_usd += cash
+        if st.rt is not None:
+            st.rt.cash_usd += cash
+            if res.trade.leg_kind == LEG_ENTRY:
+                st.rt.notional_usd += sum(leg.notional_usd for leg in (res.buy, res.sell) if leg)
+        row = build_row(res, self.session_id, cash_flow_usd=cash, fees_usd=fees,
+                        coin_delta_upbit=coin_delta[0], coin_delta_binance=coin_delta[1],
+                        tick_to_fill_ms=tick_to_fill_ms)
+        self.kpi.add_result(res, row)
+        return row
+
+    def _after_settle(self, st: SymbolState, t: int) -> float | None:
+        """Hedge an imbalance, or move the symbol to OPEN / FLAT. Returns the PnL of a round trip
+        this settlement closed."""
+        if self._decide_hedge(st, t):
+            return None
+        st.hedge_attempts = 0
+        if abs(st.delta[UPBIT]) >= st.lot or abs(st.delta[BINANCE]) >= st.lot:
+            st.status = OPEN
+            return None
+        st.status, st.direction = FLAT, 0
+        rt, st.rt = st.rt, None
+        if rt is None or rt.notional_usd <= 0:
+            return None  # an entry that filled nothing opened no round trip
+        frame = self._frames[st.name]
+        pnl = rt.cash_usd + self._mark_symbol(st, frame, frame.asof(t)) - rt.start_mark_usd
+        self.kpi.add_round_trip(st.name, pnl, rt.notional_usd, rt.opened_ns, t)
+        return pnl
+
+    # -- marks, PnL and equity -----------------------------------------------------------------
+    def _mark_symbol(self, st: SymbolState, frame: SymbolFrame, i: int) -> float:
+        """Value of the strategy's coin position at executable prices (bid if long, ask if
+        short), in USD. NaN prices count as zero position value."""
+        du, db = st.delta
+        v = 0.0
+        if du:
+            px = frame.u_bid[i] if du > 0 else frame.u_ask[i]
+            if np.isfinite(px) and np.isfinite(frame.fx[i]):
+                v += du * px / frame.fx[i]
+        if db:
+            px = frame.b_bid[i] if db > 0 else frame.b_ask[i]
+            if np.isfinite(px):
+                v += db * px
+        return float(v)
+
+    def symbol_pnl_usd(self, st: SymbolState, t: int) -> float:
+        frame = self._frames[st.name]
+        return st.cash_usd + self._mark_symbol(st, frame, frame.asof(t))
+
+    def total_pnl_usd(self, t: int) -> float:
+        return sum(self.symbol_pnl_usd(st, t) for st in self.symbols.values())
+
+    def _exposure(self, st: SymbolState, t: int) -> float:
+        """USD size of the symbol's open position (the larger venue leg) at mid as of ``t``."""
+        if not (st.delta[UPBIT] or st.delta[BINANCE]):
+            return 0.0
+        frame = self._frames[st.name]
+        i = frame.asof(t)
+        price_usd = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
+        if not np.isfinite(price_usd):
+            return 0.0
+        return max(abs(st.delta[UPBIT]), abs(st.delta[BINANCE])) * float(price_usd)
+
+    def _sample_equity(self, t: int, names: list[str]) -> None:
+        for name in names:
+            st = self.symbols[name]
+            pnl = self.symbol_pnl_usd(st, t)
+            if pnl != st.pnl_sampled:
+                self.kpi.add_equity(name, t, pnl - st.pnl_sampled)
+                st.pnl_sampled = pnl
+
+    def _grid_after(self, t: int) -> int:
+        step = int(self.cfg.mark_interval_s * 1e9)
+        return (t // step + 1) * step

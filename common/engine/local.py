@@ -1,0 +1,98 @@
+"""The local engine: every component in one process, the reference the Ray engine must equal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from common.engine.build import (
+    MarketSource,
+    coordinator_config,
+    fee_schedule,
+    fill_model_config,
+    validate_batch,
+)
+from common.engine.coordinator import CoordinatorCore
+from common.engine.report import ProgressLine, build_report, write_kpi
+from common.execution.executor import ExecutorFactory, PaperExecutor
+from common.marketdata.validate import BookValidator
+from common.reporting.kpi import KpiAccumulator
+from common.reporting.trade_log import TradeLogger
+from common.settings import Settings
+from common.types import ExecutionResult, Trade
+
+
+class LocalExecution:
+    """The coordinator's ExecutionPort over in-process PaperExecutors (one per symbol)."""
+
+    def __init__(self, settings: Settings, symbols: list[str]) -> None:
+        factory = ExecutorFactory(fee_schedule(settings), settings.seed)
+        cfg = fill_model_config(settings)
+        self.executors: dict[str, PaperExecutor] = {
+            s: factory.create_paper_executor(s, None, None, cfg) for s in symbols
+        }
+
+    def ingest(self, vb, symbol_ids: dict[str, int], fx_id: int) -> None:
+        """Hand each executor its symbol's valid rows plus the FX rows (indices, no copies)."""
+        batch, valid = vb.batch, vb.valid_rows
+        sym = batch.sym[valid]
+        order = np.argsort(sym, kind="stable")
+        ssym = sym[order]
+        lo, hi = np.searchsorted(ssym, [fx_id, fx_id + 1])
+        fx_rows = valid[order[lo:hi]]
+        watermark = vb.top.start_ns
+        for name, ex in self.executors.items():
+            sid = symbol_ids[name]
+            lo, hi = np.searchsorted(ssym, [sid, sid + 1])
+            rows = np.sort(np.concatenate((valid[order[lo:hi]], fx_rows)))
+            ex.ingest(batch, watermark, rows)
+
+    def submit(self, symbol: str, trades: list[Trade]) -> None:
+        self.executors[symbol].submit(trades)
+
+    def collect(self, symbols: list[str], up_to_ns: int) -> dict[str, list[ExecutionResult]]:
+        return {s: self.executors[s].collect(up_to_ns) for s in symbols}
+
+
+def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: str | Path,
+              kpi_path: str | Path | None, top_n: int, progress: bool = True) -> dict:
+    """Run the whole paper session in this process; returns the KPI report (also written)."""
+    t0 = time.perf_counter()
+    symtab = source.symtab
+    symbol_ids = {s: symtab.id_of(s) for s in source.symbols}
+    fx_id = symtab.fx_id
+    port = LocalExecution(settings, source.symbols)
+    kpi = KpiAccumulator()
+    coord = CoordinatorCore(coordinator_config(settings), source.symbols, symbol_ids, fx_id,
+                            port, kpi, session_id=run_id, top_n=top_n)
+    trade_log = TradeLogger(log_dir, run_id, top_n)
+    validator = BookValidator()
+    bar = ProgressLine(source.duration_s, enabled=progress)
+    interrupted = False
+    logger.info("run {}: local engine, {}", run_id, source.description)
+    try:
+        for batch, pre_rejected in source.batches():
+            if len(batch) == 0:
+                continue
+            wall = time.perf_counter_ns()
+            vb = validate_batch(validator, batch, pre_rejected)
+            kpi.add_events(vb.rows_in, vb.rejected)
+            port.ingest(vb, symbol_ids, fx_id)
+            rows = coord.process_batch(vb.top, wall)
+            trade_log.log_rows(rows)
+            bar.update(coord, kpi, trade_log.rows_written)
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: settling open trades and writing the outputs")
+    finally:
+        trade_log.log_rows(coord.finish())
+        trade_log.close()
+    wall_s = time.perf_counter() - t0
+    report = build_report(coord, kpi, settings, run_id, wall_s, trade_log, engine="local",
+                          data_source=source.kind, interrupted=interrupted)
+    if kpi_path:
+        write_kpi(report, kpi_path)
+    return report

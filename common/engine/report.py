@@ -1,0 +1,171 @@
+"""The end-of-run KPI report, its JSON file, the summary table and the progress line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from loguru import logger
+
+from common.reporting.kpi import KpiAccumulator
+from common.settings import Settings
+
+
+def inventory_mtm_usd(coord) -> float:
+    """Revaluation of the pre-funded inventory (initial balances) from first to last prices."""
+    total = 0.0
+    for (venue, asset), qty in coord.portfolio.initial.items():
+        if asset == "USDT":
+            continue
+        if asset == "KRW":
+            fx_last = coord.fx_carry[1]
+            if math.isfinite(coord.fx_first) and math.isfinite(fx_last):
+                total += qty * (1.0 / fx_last - 1.0 / coord.fx_first)
+            continue
+        st = coord.symbols.get(asset)
+        p0 = coord.initial_price_usd.get((venue, asset))
+        if st is None or p0 is None:
+            continue
+        c = st.carry
+        if venue == "upbit":
+            p1 = (c.u_bid + c.u_ask) * 0.5 / c.fx
+        else:
+            p1 = (c.b_bid + c.b_ask) * 0.5
+        if math.isfinite(p1):
+            total += qty * (p1 - p0)
+    return total
+
+
+def build_report(coord, kpi: KpiAccumulator, settings: Settings, run_id: str, wall_s: float,
+                 trade_log, engine: str, data_source: str, interrupted: bool) -> dict:
+    rep = kpi.report()
+    open_mark = 0.0
+    for st in coord.symbols.values():
+        frame = coord._frames.get(st.name)
+        if frame is not None:
+            open_mark += coord._mark_symbol(st, frame, frame.asof(coord.clock_ns))
+    balances: dict[str, dict[str, dict[str, float]]] = {}
+    for venue, asset in sorted(set(coord.portfolio.balances) | set(coord.portfolio.initial)):
+        balances.setdefault(venue, {})[asset] = {
+            "initial": coord.portfolio.initial.get((venue, asset), 0.0),
+            "final": coord.portfolio.balance(venue, asset),
+        }
+    rep.update({
+        "unrealized_pnl_usd": rep["total_pnl_usd"] - rep["realized_pnl_usd"],
+        "open_mark_usd": open_mark,
+        "open_round_trips": sum(1 for st in coord.symbols.values() if st.rt is not None),
+        "inventory_mtm_usd": inventory_mtm_usd(coord),
+        "refusals": dict(sorted(coord.risk.refusals.items())),
+        "clips": dict(sorted(coord.risk.clips.items())),
+        "balances": balances,
+        "symbols": list(coord.symbols),
+        "engine": engine,
+        "data_source": data_source,
+        "interrupted": interrupted,
+        "settle_ms": settings.settle_ms,
+        "events_per_second": rep["events_processed"] / wall_s if wall_s > 0 else 0.0,
+        "wall_seconds": wall_s,
+        "run_id": run_id,
+        "trade_log_path": str(trade_log.jsonl_path),
+        "trade_log_parquet_path": str(trade_log.parquet_path),
+        "settings": settings.effective(),
+    })
+    return rep
+
+
+def write_kpi(report: dict, path: str | Path) -> None:
+    """Write the KPI JSON atomically (a reader never sees half a file)."""
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False,
+                              default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _fmt(v, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.4f}{unit}" if abs(v) < 10 else f"{v:,.2f}{unit}"
+    return f"{v:,}{unit}"
+
+
+def format_summary(rep: dict) -> str:
+    """The seed's final summary, as a two-column table."""
+    t2f = rep.get("tick_to_fill_ms") or {}
+    lines = [
+        ("run_id", rep["run_id"]),
+        ("engine / data", f"{rep['engine']} / {rep['data_source']}"),
+        ("symbols", f"{len(rep['symbols'])}"),
+        ("events processed", _fmt(rep["events_processed"])),
+        ("events rejected", _fmt(rep["events_rejected"]) + (
+            "  " + ", ".join(f"{k} {v}" for k, v in rep["events_rejected_by_reason"].items())
+            if rep["events_rejected"] else "")),
+        ("trades executed", _fmt(rep["trades_executed"]) + "  " + ", ".join(
+            f"{k} {v}" for k, v in rep["trades_by_leg_kind"].items())),
+        ("round trips completed", _fmt(rep["round_trips_completed"])),
+        ("win rate", _fmt(rep["win_rate_pct"], " %")),
+        ("total PnL", _fmt(rep["total_pnl_usd"], " USD")),
+        ("  realised / unrealised", f"{_fmt(rep['realized_pnl_usd'])} / "
+                                    f"{_fmt(rep['unrealized_pnl_usd'])} USD"),
+        ("fees", _fmt(rep["fees_usd"], " USD")),
+        ("max drawdown", _fmt(rep["max_drawdown_usd"], " USD")),
+        ("inventory MTM (apart)", _fmt(rep["inventory_mtm_usd"], " USD")),
+        ("avg slippage buy / sell", f"{_fmt(rep['avg_buy_slippage_bps'])} / "
+                                    f"{_fmt(rep['avg_sell_slippage_bps'])} bps"),
+        ("avg fill ratio buy / sell", f"{_fmt(rep['avg_buy_fill_ratio'])} / "
+                                      f"{_fmt(rep['avg_sell_fill_ratio'])}"),
+        ("partial / failed fills", f"{rep['partial_fills_count']} / {rep['failed_fills_count']}"),
+        ("risk refusals", ", ".join(f"{k} {v}" for k, v in rep["refusals"].items()) or "0"),
+        ("tick-to-fill p50 / p99", f"{_fmt(t2f.get('p50'))} / {_fmt(t2f.get('p99'))} ms"),
+        ("events / s", _fmt(rep["events_per_second"])),
+        ("wall time", _fmt(rep["wall_seconds"], " s")),
+        ("trade log", rep["trade_log_path"]),
+    ]
+    width = max(len(k) for k, _ in lines)
+    bar = "-" * (width + 40)
+    body = "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+    return f"{bar}\nKPI summary\n{bar}\n{body}\n{bar}"
+
+
+class ProgressLine:
+    """Logs one progress line every few wall seconds during a long run."""
+
+    def __init__(self, duration_s: float | None, enabled: bool = True, every_s: float = 2.0) -> None:
+        self.duration_s = duration_s
+        self.enabled = enabled
+        self.every_s = every_s
+        self._t0 = time.perf_counter()
+        self._next = self._t0 + every_s
+        self._start_ns: int | None = None
+
+    def update(self, coord, kpi: KpiAccumulator, rows: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self._start_ns is None and coord.clock_ns > 0:
+            self._start_ns = coord.clock_ns
+        if now < self._next:
+            return
+        self._next = now + self.every_s
+        ev_s = (coord.clock_ns - (self._start_ns or coord.clock_ns)) / 1e9
+        pct = f" ({100 * ev_s / self.duration_s:.0f}%)" if self.duration_s else ""
+        pnl = sum(st.pnl_sampled for st in coord.symbols.values())
+        logger.info("event time +{:.0f}s{} | events {:,} (rejected {:,}) | trades {:,} | "
+                    "PnL {:,.2f} USD | {:,.0f} events/s", ev_s, pct, kpi.events_processed,
+                    sum(kpi.events_rejected.values()), rows, pnl,
+                    kpi.events_processed / max(now - self._t0, 1e-9))
+
+
+__all__ = ["ProgressLine", "build_report", "format_summary", "write_kpi"]

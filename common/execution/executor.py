@@ -1,0 +1,318 @@
+"""The PaperExecutor: one per symbol, fills each leg against that venue's L2 book at arrival.
+
+It keeps the symbol's two L2 books (the current batch's rows plus the last book carried from
+before it) and the FX book, so a leg that arrives at ``decision_ts + latency`` meets the latest
+valid book of its venue received at or before its arrival, never a later one. Liquidity a fill
+took from a book is remembered until a newer book of that venue arrives.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.fill.models import FillModelConfig, create_fill_model
+from common.marketdata.batch import BookBatch
+from common.portfolio.state import FeeSchedule, PortfolioState
+from common.risk.guard import RiskGuard
+from common.types import (
+    BINANCE,
+    FX_SYMBOL,
+    UPBIT,
+    VENUE_CODES,
+    VENUE_NAMES,
+    ExecutionResult,
+    LegFill,
+    Side,
+    Trade,
+    classify_result,
+)
+
+
+def symbol_seed(seed: int, symbol: str, salt: str) -> int:
+    """A stable per-symbol seed (Python's hash() is salted per process; crc32 is not)."""
+    return (seed * 1_000_003 + zlib.crc32(f"{salt}:{symbol}".encode())) & 0x7FFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyConfig:
+    upbit_ms: float = 30.0
+    binance_ms: float = 120.0
+    jitter_ms: float = 10.0
+
+
+class LatencyModel:
+    """Per-venue order latency with seeded uniform jitter, one RNG per symbol."""
+
+    def __init__(self, cfg: LatencyConfig, seed: int, symbol: str) -> None:
+        self.cfg = cfg
+        self._rng = np.random.default_rng(symbol_seed(seed, symbol, "latency"))
+
+    def draw_ns(self, venue: int) -> int:
+        base = self.cfg.upbit_ms if venue == UPBIT else self.cfg.binance_ms
+        jitter = self._rng.random() * self.cfg.jitter_ms if self.cfg.jitter_ms > 0 else 0.0
+        return int(round((base + jitter) * 1e6))
+
+    @property
+    def max_ns(self) -> int:
+        return int(round((max(self.cfg.upbit_ms, self.cfg.binance_ms) + self.cfg.jitter_ms) * 1e6))
+
+    def get_state(self) -> dict:
+        return self._rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
+
+
+class _VenueBook:
+    """One venue's books for one symbol: the current batch's rows and the last earlier book."""
+
+    __slots__ = ("carry", "carry_key", "batch", "rows", "recv", "serial", "consumed_key",
+                 "consumed_bid", "consumed_ask")
+
+    def __init__(self) -> None:
+        self.carry: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        self.carry_key = -1
+        self.batch: BookBatch | None = None
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.recv = np.zeros(0, dtype=np.int64)
+        self.serial = 0
+        self.consumed_key = -1
+        self.consumed_bid = 0.0
+        self.consumed_ask = 0.0
+
+    def replace(self, batch: BookBatch, rows: np.ndarray, serial: int) -> None:
+        if self.rows.size:
+            last = int(self.rows[-1])
+            bpx, bsz = self.batch.levels(last, True)
+            apx, asz = self.batch.levels(last, False)
+            self.carry = (bpx.copy(), bsz.copy(), apx.copy(), asz.copy(), int(self.recv[-1]))
+            self.carry_key = self.serial * (1 << 32) + last
+        self.batch, self.rows, self.serial = batch, rows, serial
+        self.recv = batch.recv_ns[rows]
+
+    def at(self, arrival_ns: int):
+        """(key, recv_ns, bid_px, bid_sz, ask_px, ask_sz) of the latest book at or before arrival."""
+        k = int(np.searchsorted(self.recv, arrival_ns, side="right")) - 1
+        if k >= 0:
+            row = int(self.rows[k])
+            bpx, bsz = self.batch.levels(row, True)
+            apx, asz = self.batch.levels(row, False)
+            return self.serial * (1 << 32) + row, int(self.recv[k]), bpx, bsz, apx, asz
+        if self.carry is not None and self.carry[4] <= arrival_ns:
+            bpx, bsz, apx, asz, recv = self.carry
+            return self.carry_key, recv, bpx, bsz, apx, asz
+        return None
+
+    def get_state(self) -> dict:
+        return {"carry": self.carry, "carry_key": self.carry_key, "rows": self.rows,
+                "serial": self.serial,
+                "consumed": (self.consumed_key, self.consumed_bid, self.consumed_ask)}
+
+    def set_state(self, state: dict, batch: BookBatch | None) -> None:
+        self.carry, self.carry_key = state["carry"], state["carry_key"]
+        self.serial, self.rows = state["serial"], state["rows"]
+        self.batch = batch
+        self.recv = batch.recv_ns[self.rows] if batch is not None else np.zeros(0, dtype=np.int64)
+        self.consumed_key, self.consumed_bid, self.consumed_ask = state["consumed"]
+
+
+class PaperExecutor:
+    """Fills a symbol's trades leg by leg through its FillModel against the books at arrival.
+
+    Use either the batch protocol (``ingest`` the symbol's validated rows, ``submit`` trades at
+    decision time, ``collect`` results once the engine clock has passed their arrival), or the
+    seed's one-shot ``execute_trades`` on books already ingested. When a ``portfolio_state`` is
+    given, ``execute_trades`` also applies the fills to it (the seed's single-process use); the
+    engines keep balances in the coordinator and pass none.
+    """
+
+    def __init__(
+        self,
+        symbol: str,
+        fill_model_config: FillModelConfig,
+        fees: FeeSchedule,
+        seed: int,
+        portfolio_state: PortfolioState | None = None,
+        risk_guard: RiskGuard | None = None,
+    ) -> None:
+        self.symbol = symbol
+        self.fees = fees
+        self.portfolio_state = portfolio_state
+        self.risk_guard = risk_guard
+        self.fill_model = create_fill_model(fill_model_config, symbol_seed(seed, symbol, "fill"))
+        self._books = (_VenueBook(), _VenueBook())
+        self._fx_t = np.zeros(0, dtype=np.int64)
+        self._fx_mid = np.zeros(0)
+        self._fx_carry: tuple[int, float] = (-1, math.nan)
+        self._serial = 0
+        self._pending: list[Trade] = []
+        self._done: list[ExecutionResult] = []
+        self.watermark_ns = -1
+
+    # -- market data ---------------------------------------------------------------------------
+    def ingest(self, batch: BookBatch, watermark_ns: int, rows: np.ndarray | None = None) -> None:
+        """Take this symbol's validated rows (both venues, plus FX rows) of the next batch.
+
+        ``rows``: the indices of the batch's rows meant for this executor (valid rows of its
+        symbol and of the FX book); None means every row of ``batch``. ``watermark_ns`` is the
+        engine clock at the start of the batch: every leg arriving before it is filled now
+        against the books it can see, before they are replaced.
+        """
+        self._fill_pending(watermark_ns - 1)
+        self._serial += 1
+        names = batch.symbols
+        fx_id = names.index(FX_SYMBOL) if FX_SYMBOL in names else -2
+        my_id = names.index(self.symbol) if self.symbol in names else -2
+        sel = np.arange(len(batch)) if rows is None else np.asarray(rows, dtype=np.int64)
+        sym, venue = batch.sym[sel], batch.venue[sel]
+        for v in (UPBIT, BINANCE):
+            self._books[v].replace(batch, sel[(sym == my_id) & (venue == v)], self._serial)
+        fx_rows = sel[(sym == fx_id) & (venue == UPBIT)]
+        if self._fx_t.size:
+            self._fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
+        self._fx_t = batch.recv_ns[fx_rows]
+        # valid rows are never empty, so each row's first level is its best price
+        self._fx_mid = (batch.bid_px[batch.bid_off[fx_rows]] + batch.ask_px[batch.ask_off[fx_rows]]) * 0.5
+        self.watermark_ns = max(self.watermark_ns, watermark_ns)
+
+    def fx_mid_at(self, t_ns: int) -> float:
+        k = int(np.searchsorted(self._fx_t, t_ns, side="right")) - 1
+        if k >= 0:
+            return float(self._fx_mid[k])
+        return self._fx_carry[1] if self._fx_carry[0] <= t_ns else math.nan
+
+    # -- trades --------------------------------------------------------------------------------
+    def submit(self, trades: list[Trade]) -> None:
+        self._pending.extend(trades)
+
+    def collect(self, up_to_ns: int) -> list[ExecutionResult]:
+        """Fill every pending trade whose legs all arrived at or before ``up_to_ns``; return all
+        results completed since the last collect, in arrival order."""
+        self._fill_pending(up_to_ns)
+        done, self._done = self._done, []
+        return done
+
+    def execute_trades(self, trades: list[Trade]) -> list[ExecutionResult]:
+        """The seed's entry point: fill these trades now against the ingested books."""
+        self.submit(trades)
+        results = self.collect(max(max(t.buy_arrival_ns, t.sell_arrival_ns) for t in trades))
+        if self.portfolio_state is not None:
+            for r in results:
+                for leg in (r.buy, r.sell):
+                    if leg is not None:
+                        self.portfolio_state.apply_fill(leg, self.symbol)
+        return results
+
+    def _fill_pending(self, up_to_ns: int) -> None:
+        if not self._pending:
+            return
+        ready = [t for t in self._pending if max(t.buy_arrival_ns, t.sell_arrival_ns) <= up_to_ns]
+        if not ready:
+            return
+        self._pending = [t for t in self._pending if max(t.buy_arrival_ns, t.sell_arrival_ns) > up_to_ns]
+        ready.sort(key=lambda t: (max(t.buy_arrival_ns, t.sell_arrival_ns), t.trade_id))
+        for trade in ready:
+            self._done.append(self._execute(trade))
+
+    def _execute(self, trade: Trade) -> ExecutionResult:
+        legs: list[LegFill] = []
+        buy = sell = None
+        # legs fill in arrival order: they may meet the same venue's book only if the exchanges are
+        # equal, which never happens within one trade, so the order matters only for determinism
+        if trade.buy_exchange is not None:
+            buy = self._fill_leg(trade, VENUE_CODES[trade.buy_exchange], Side.BUY,
+                                 trade.buy_price, trade.buy_limit, trade.buy_arrival_ns)
+            legs.append(buy)
+        if trade.sell_exchange is not None:
+            sell = self._fill_leg(trade, VENUE_CODES[trade.sell_exchange], Side.SELL,
+                                  trade.sell_price, trade.sell_limit, trade.sell_arrival_ns)
+            legs.append(sell)
+        fill_ts = max(leg.arrival_ns for leg in legs)
+        return ExecutionResult(trade=trade, buy=buy, sell=sell,
+                               trade_result=classify_result(legs), fill_ts_ns=fill_ts)
+
+    def _fill_leg(self, trade: Trade, venue: int, side: Side, decision_px: float, limit: float,
+                  arrival: int) -> LegFill:
+        book = self._books[venue]
+        usd_per_quote = 1.0 if venue == BINANCE else 1.0 / self.fx_mid_at(arrival)
+        found = book.at(arrival)
+        qty = trade.quantity
+        if found is None:
+            return LegFill(VENUE_NAMES[venue], int(side), qty, 0.0, 0.0, decision_px, math.nan,
+                           limit, 0.0, _quote_of(venue), arrival, -1, usd_per_quote)
+        key, recv, bpx, bsz, apx, asz = found
+        if book.consumed_key != key:
+            book.consumed_key, book.consumed_bid, book.consumed_ask = key, 0.0, 0.0
+        if side == Side.BUY:
+            px, sz, consumed = apx, asz, book.consumed_ask
+        else:
+            px, sz, consumed = bpx, bsz, book.consumed_bid
+        out = self.fill_model.fill(int(side), qty, limit, px, sz, consumed)
+        if side == Side.BUY:
+            book.consumed_ask += out.consumed_qty
+        else:
+            book.consumed_bid += out.consumed_qty
+        best = float(px[0]) if px.size else math.nan
+        if out.filled_qty > 0:
+            fee, fee_asset = self.fees.fee_of(venue, int(side), out.filled_qty, out.vwap_price,
+                                              self.symbol)
+        else:
+            fee, fee_asset = 0.0, _quote_of(venue)
+        return LegFill(VENUE_NAMES[venue], int(side), qty, out.filled_qty, out.vwap_price,
+                       decision_px, best, limit, fee, fee_asset, arrival, recv, usd_per_quote)
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """Everything needed to continue exactly: the current batch's rows (pending legs may still
+        need them), the carried books, consumed liquidity, the fill model's RNG, pending trades."""
+        return {
+            "batch": self._books[UPBIT].batch,
+            "books": [b.get_state() for b in self._books],
+            "fx": (self._fx_t, self._fx_mid, self._fx_carry),
+            "fill_model": self.fill_model.get_state(),
+            "pending": list(self._pending),
+            "done": list(self._done),
+            "serial": self._serial,
+            "watermark_ns": self.watermark_ns,
+        }
+
+    def set_state(self, state: dict) -> None:
+        for b, s in zip(self._books, state["books"], strict=True):
+            b.set_state(s, state["batch"])
+        self._fx_t, self._fx_mid, self._fx_carry = state["fx"]
+        self.fill_model.set_state(state["fill_model"])
+        self._pending = list(state["pending"])
+        self._done = list(state["done"])
+        self._serial = state["serial"]
+        self.watermark_ns = state["watermark_ns"]
+
+
+def _quote_of(venue: int) -> str:
+    return "KRW" if venue == UPBIT else "USDT"
+
+
+class ExecutorFactory:
+    """Creates one PaperExecutor per symbol, lazily, all with the same fill model settings."""
+
+    def __init__(self, fees: FeeSchedule | None = None, seed: int = 0) -> None:
+        self.fees = fees or FeeSchedule()
+        self.seed = seed
+        self.executors: dict[str, PaperExecutor] = {}
+
+    def create_paper_executor(
+        self,
+        symbol: str,
+        portfolio_state: PortfolioState | None,
+        risk_guard: RiskGuard | None,
+        fill_model_config: FillModelConfig,
+    ) -> PaperExecutor:
+        ex = self.executors.get(symbol)
+        if ex is None:
+            ex = PaperExecutor(symbol, fill_model_config, self.fees, self.seed,
+                               portfolio_state=portfolio_state, risk_guard=risk_guard)
+            self.executors[symbol] = ex
+        return ex
