@@ -1,0 +1,216 @@
+"""Book validation over whole batches: one int8 reason code per row, no Python loop per row.
+
+Reason codes index ``REJECT_REASONS``; when several rules apply to a row the first one in that
+tuple wins. ``BookValidator`` carries state across batches (the highest ``recv_ns`` seen and the
+last accepted ``ts_ns`` per (venue, symbol) stream) so that batch boundaries never change a result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.marketdata.batch import BookBatch
+from common.types import VENUE_CODES, VENUE_NAMES
+
+REJECT_REASONS: tuple[str, ...] = (
+    "ok",
+    "unknown_market",
+    "empty",
+    "non_finite",
+    "non_positive",
+    "unsorted",
+    "crossed",
+    "out_of_order",
+)
+REASON_CODE: dict[str, int] = {name: i for i, name in enumerate(REJECT_REASONS)}
+OK = 0
+UNKNOWN_MARKET = 1
+EMPTY = 2
+NON_FINITE = 3
+NON_POSITIVE = 4
+UNSORTED = 5
+CROSSED = 6
+OUT_OF_ORDER = 7
+
+_I64_MIN = np.iinfo(np.int64).min
+_N_VENUES = len(VENUE_NAMES)
+
+
+def count_reasons(codes: np.ndarray) -> dict[str, int]:
+    """Rejected rows by reason name (reasons with a zero count and ``ok`` are left out)."""
+    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(REJECT_REASONS))
+    return {REJECT_REASONS[i]: int(c) for i, c in enumerate(counts) if i > 0 and c > 0}
+
+
+def _compact(values: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values covered by ``off``, offsets rebased to 0): batches may use offsets not at 0."""
+    base = int(off[0])
+    if base == 0 and values.shape[0] == int(off[-1]):
+        return values, off
+    return values[base : int(off[-1])], off - base
+
+
+def _row_any(flag: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Per row: is any flagged value in its segment (empty segments give False).
+
+    A cumulative count, not ``np.logical_or.reduceat``: reduceat returns the element at the
+    start index for an empty segment and rejects a start index equal to the length.
+    """
+    n = off.shape[0] - 1
+    if not flag.any():
+        return np.zeros(n, dtype=bool)
+    cs = np.zeros(flag.shape[0] + 1, dtype=np.int64)
+    np.cumsum(flag, out=cs[1:])
+    return cs[off[1:]] > cs[off[:-1]]
+
+
+def _side_flags(px: np.ndarray, sz: np.ndarray, off: np.ndarray, bids: bool):
+    """Per row (non_finite, non_positive, unsorted) for one side."""
+    sz, _ = _compact(sz, off)
+    px, off = _compact(px, off)
+    with np.errstate(invalid="ignore"):
+        non_finite = _row_any(~(np.isfinite(px) & np.isfinite(sz)), off)
+        non_positive = _row_any((px <= 0) | (sz <= 0), off)
+        m = px.shape[0]
+        pair_bad = np.zeros(m, dtype=bool)
+        if m > 1:
+            # pair (j, j+1) is out of order; only pairs inside one row count
+            pair_bad[:-1] = (px[1:] >= px[:-1]) if bids else (px[1:] <= px[:-1])
+            starts = off[1:-1]
+            starts = starts[(starts > 0) & (starts < m)]
+            pair_bad[starts - 1] = False
+        unsorted = _row_any(pair_bad, off)
+    return non_finite, non_positive, unsorted
+
+
+def static_reasons(batch: BookBatch) -> np.ndarray:
+    """Reason codes of every rule that looks at one row alone (everything but out_of_order)."""
+    n = len(batch)
+    venue = batch.venue.astype(np.int64)
+    sym = batch.sym.astype(np.int64)
+    unknown = (venue < 0) | (venue >= _N_VENUES) | (sym < 0) | (sym >= len(batch.symbols))
+    unknown |= ~batch.quote_ok.astype(bool)
+    empty = (batch.n_bid == 0) | (batch.n_ask == 0)
+    bf, bp, bu = _side_flags(batch.bid_px, batch.bid_sz, batch.bid_off, bids=True)
+    af, ap, au = _side_flags(batch.ask_px, batch.ask_sz, batch.ask_off, bids=False)
+    with np.errstate(invalid="ignore"):
+        crossed = batch.best_bid() >= batch.best_ask()
+    codes = np.zeros(n, dtype=np.int8)
+    # lowest priority first, so that higher-priority reasons overwrite
+    for code, mask in (
+        (CROSSED, crossed),
+        (UNSORTED, bu | au),
+        (NON_POSITIVE, bp | ap),
+        (NON_FINITE, bf | af),
+        (EMPTY, empty),
+        (UNKNOWN_MARKET, unknown),
+    ):
+        codes[mask] = code
+    return codes
+
+
+class BookValidator:
+    """Validates batches in stream order; stateful across batches (see ``get_state``)."""
+
+    def __init__(self) -> None:
+        self._max_recv = _I64_MIN
+        self._seen_any = False
+        #: (venue code, symbol name) -> last accepted ts_ns
+        self._last_ts: dict[tuple[int, str], int] = {}
+
+    def validate(self, batch: BookBatch) -> np.ndarray:
+        """int8 reason code per row (0 = valid); advances the state past this batch."""
+        codes = static_reasons(batch)
+        n = codes.shape[0]
+        if n == 0:
+            return codes
+        recv = batch.recv_ns.astype(np.int64, copy=False)
+        ts = batch.ts_ns.astype(np.int64, copy=False)
+
+        # recv_ns: against the max of every earlier row, rejected ones included
+        prev_max = np.empty(n, dtype=np.int64)
+        prev_max[0] = self._max_recv
+        if n > 1:
+            np.maximum.accumulate(recv[:-1], out=prev_max[1:])
+            np.maximum(prev_max[1:], self._max_recv, out=prev_max[1:])
+        late = recv < prev_max
+
+        cand = np.flatnonzero((codes == OK) & ~late)
+        accepted = np.zeros(n, dtype=bool)
+        n_sym = len(batch.symbols)
+        if cand.shape[0]:
+            key = batch.venue[cand].astype(np.int64) * n_sym + batch.sym[cand]
+            accepted[cand] = self._stream_in_order(key, ts[cand], batch.symbols)
+        codes[(codes == OK) & ~accepted] = OUT_OF_ORDER
+
+        # advance the state
+        self._max_recv = max(self._max_recv, int(recv.max()))
+        self._seen_any = True
+        acc = np.flatnonzero(accepted)
+        if acc.shape[0]:
+            key = batch.venue[acc].astype(np.int64) * n_sym + batch.sym[acc]
+            # accepted ts never decrease within a stream, so the last one is the maximum
+            rev_keys, rev_first = np.unique(key[::-1], return_index=True)
+            last_rows = acc[::-1][rev_first]
+            for k, row in zip(rev_keys.tolist(), last_rows.tolist(), strict=True):
+                self._last_ts[(k // n_sym, batch.symbols[k % n_sym])] = int(ts[row])
+        return codes
+
+    def _stream_in_order(
+        self, key: np.ndarray, ts: np.ndarray, symbols: tuple[str, ...]
+    ) -> np.ndarray:
+        """Which candidate rows keep their stream's ts_ns non-decreasing.
+
+        A candidate is accepted iff its ts_ns is >= the stream's last accepted ts_ns from earlier
+        batches and >= the ts_ns of every earlier candidate of its stream in this batch (an
+        earlier candidate with a larger ts_ns was either accepted, or rejected because of an even
+        larger accepted one): a segmented running maximum, no sequential loop.
+        """
+        m = key.shape[0]
+        n_sym = len(symbols)
+        floor = np.full(_N_VENUES * max(n_sym, 1), _I64_MIN, dtype=np.int64)
+        index = {name: i for i, name in enumerate(symbols)}
+        for (venue, name), last in self._last_ts.items():
+            i = index.get(name)
+            if i is not None:
+                floor[venue * n_sym + i] = last
+        ok_state = ts >= floor[key]
+
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        _, rank = np.unique(ts[order], return_inverse=True)  # dense rank: ties stay ties
+        seg = np.zeros(m, dtype=np.int64)
+        np.cumsum(ks[1:] != ks[:-1], out=seg[1:])
+        comb = seg * (m + 1) + rank.reshape(-1)
+        ok_sorted = np.maximum.accumulate(comb) == comb
+        ok = np.empty(m, dtype=bool)
+        ok[order] = ok_sorted
+        return ok & ok_state
+
+    def validate_and_filter(self, batch: BookBatch) -> tuple[BookBatch, dict[str, int]]:
+        """The valid rows of ``batch`` and the rejected counts by reason."""
+        codes = self.validate(batch)
+        good = np.flatnonzero(codes == OK)
+        kept = batch if good.shape[0] == len(batch) else batch.take(good)
+        return kept, count_reasons(codes)
+
+    def get_state(self) -> dict:
+        """A plain (picklable, JSON-able) snapshot of the state."""
+        last: dict[str, dict[str, int]] = {name: {} for name in VENUE_NAMES}
+        for (venue, sym), ts in sorted(self._last_ts.items()):
+            last[VENUE_NAMES[venue]][sym] = ts
+        return {
+            "max_recv_ns": self._max_recv if self._seen_any else None,
+            "last_ts_ns": last,
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Restore a snapshot made by ``get_state``."""
+        mr = state.get("max_recv_ns")
+        self._seen_any = mr is not None
+        self._max_recv = int(mr) if mr is not None else _I64_MIN
+        self._last_ts = {
+            (VENUE_CODES[venue], sym): int(ts)
+            for venue, per_sym in state.get("last_ts_ns", {}).items()
+            for sym, ts in per_sym.items()
+        }
