@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.books import S, T0, premium_rows, run_rows
+from tests.books import T0, S, premium_rows, run_rows
 
 FX = 1400.0
 

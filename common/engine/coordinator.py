@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from loguru import logger
 
 from common.execution.executor import LatencyConfig, LatencyModel
 from common.portfolio.state import FeeSchedule, PortfolioState
@@ -218,6 +217,50 @@ class CoordinatorCore:
             self._settle(names, t, heap, allow_decisions=False)
         self._sample_equity(self.clock_ns, list(self.symbols))
         return self.rows_out
+
+    def report_part(self) -> dict:
+        """The coordinator's share of the KPI report: marks, balances, refusals, inventory."""
+        open_mark = 0.0
+        for st in self.symbols.values():
+            frame = self._frames.get(st.name)
+            if frame is not None:
+                open_mark += self._mark_symbol(st, frame, frame.asof(self.clock_ns))
+        balances: dict[str, dict[str, dict[str, float]]] = {}
+        for venue, asset in sorted(set(self.portfolio.balances) | set(self.portfolio.initial)):
+            balances.setdefault(venue, {})[asset] = {
+                "initial": self.portfolio.initial.get((venue, asset), 0.0),
+                "final": self.portfolio.balance(venue, asset),
+            }
+        return {
+            "open_mark_usd": open_mark,
+            "open_round_trips": sum(1 for st in self.symbols.values() if st.rt is not None),
+            "inventory_mtm_usd": self.inventory_mtm_usd(),
+            "refusals": dict(sorted(self.risk.refusals.items())),
+            "clips": dict(sorted(self.risk.clips.items())),
+            "balances": balances,
+            "symbols": list(self.symbols),
+        }
+
+    def inventory_mtm_usd(self) -> float:
+        """Revaluation of the pre-funded inventory (initial balances) from first to last prices."""
+        total = 0.0
+        for (venue, asset), qty in self.portfolio.initial.items():
+            if asset == "USDT":
+                continue
+            if asset == "KRW":
+                fx_last = self.fx_carry[1]
+                if math.isfinite(self.fx_first) and math.isfinite(fx_last):
+                    total += qty * (1.0 / fx_last - 1.0 / self.fx_first)
+                continue
+            st = self.symbols.get(asset)
+            p0 = self.initial_price_usd.get((venue, asset))
+            if st is None or p0 is None:
+                continue
+            c = st.carry
+            p1 = (c.u_bid + c.u_ask) * 0.5 / c.fx if venue == "upbit" else (c.b_bid + c.b_ask) * 0.5
+            if math.isfinite(p1):
+                total += qty * (p1 - p0)
+        return total
 
     # -- per-batch vectorised signals ------------------------------------------------------------
     def _frame_signals(self, st: SymbolState, frame: SymbolFrame) -> None:

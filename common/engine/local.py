@@ -91,7 +91,8 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
         trade_log.log_rows(coord.finish())
         trade_log.close()
     wall_s = time.perf_counter() - t0
-    report = build_report(coord, kpi, settings, run_id, wall_s, trade_log, engine="local",
+    report = build_report(kpi.report(), coord.report_part(), settings, run_id, wall_s,
+                          trade_log.jsonl_path, trade_log.parquet_path, engine="local",
                           data_source=source.kind, interrupted=interrupted)
     if kpi_path:
         write_kpi(report, kpi_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -14,54 +13,15 @@ from common.reporting.kpi import KpiAccumulator
 from common.settings import Settings
 
 
-def inventory_mtm_usd(coord) -> float:
-    """Revaluation of the pre-funded inventory (initial balances) from first to last prices."""
-    total = 0.0
-    for (venue, asset), qty in coord.portfolio.initial.items():
-        if asset == "USDT":
-            continue
-        if asset == "KRW":
-            fx_last = coord.fx_carry[1]
-            if math.isfinite(coord.fx_first) and math.isfinite(fx_last):
-                total += qty * (1.0 / fx_last - 1.0 / coord.fx_first)
-            continue
-        st = coord.symbols.get(asset)
-        p0 = coord.initial_price_usd.get((venue, asset))
-        if st is None or p0 is None:
-            continue
-        c = st.carry
-        if venue == "upbit":
-            p1 = (c.u_bid + c.u_ask) * 0.5 / c.fx
-        else:
-            p1 = (c.b_bid + c.b_ask) * 0.5
-        if math.isfinite(p1):
-            total += qty * (p1 - p0)
-    return total
-
-
-def build_report(coord, kpi: KpiAccumulator, settings: Settings, run_id: str, wall_s: float,
-                 trade_log, engine: str, data_source: str, interrupted: bool) -> dict:
-    rep = kpi.report()
-    open_mark = 0.0
-    for st in coord.symbols.values():
-        frame = coord._frames.get(st.name)
-        if frame is not None:
-            open_mark += coord._mark_symbol(st, frame, frame.asof(coord.clock_ns))
-    balances: dict[str, dict[str, dict[str, float]]] = {}
-    for venue, asset in sorted(set(coord.portfolio.balances) | set(coord.portfolio.initial)):
-        balances.setdefault(venue, {})[asset] = {
-            "initial": coord.portfolio.initial.get((venue, asset), 0.0),
-            "final": coord.portfolio.balance(venue, asset),
-        }
+def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id: str,
+                 wall_s: float, jsonl_path, parquet_path, engine: str, data_source: str,
+                 interrupted: bool) -> dict:
+    """The KPI JSON: the KPI accumulator's figures, the coordinator's (balances, refusals,
+    marks; ``CoordinatorCore.report_part``) and the run's own fields."""
+    rep = dict(kpi_report)
+    rep.update(coord_part)
     rep.update({
         "unrealized_pnl_usd": rep["total_pnl_usd"] - rep["realized_pnl_usd"],
-        "open_mark_usd": open_mark,
-        "open_round_trips": sum(1 for st in coord.symbols.values() if st.rt is not None),
-        "inventory_mtm_usd": inventory_mtm_usd(coord),
-        "refusals": dict(sorted(coord.risk.refusals.items())),
-        "clips": dict(sorted(coord.risk.clips.items())),
-        "balances": balances,
-        "symbols": list(coord.symbols),
         "engine": engine,
         "data_source": data_source,
         "interrupted": interrupted,
@@ -69,8 +29,8 @@ def build_report(coord, kpi: KpiAccumulator, settings: Settings, run_id: str, wa
         "events_per_second": rep["events_processed"] / wall_s if wall_s > 0 else 0.0,
         "wall_seconds": wall_s,
         "run_id": run_id,
-        "trade_log_path": str(trade_log.jsonl_path),
-        "trade_log_parquet_path": str(trade_log.parquet_path),
+        "trade_log_path": str(jsonl_path),
+        "trade_log_parquet_path": str(parquet_path),
         "settings": settings.effective(),
     })
     return rep

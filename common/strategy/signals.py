@@ -17,7 +17,6 @@ import numpy as np
 from common.types import BINANCE, UPBIT
 
 
-
 @dataclass(frozen=True, slots=True)
 class StrategyConfig:
     upbit_fee_bps: float = 5.0
