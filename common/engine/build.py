@@ -174,8 +174,14 @@ def validate_batch(validator: BookValidator, batch: BookBatch,
     bid = batch.bid_px[batch.bid_off[valid]]
     ask = batch.ask_px[batch.ask_off[valid]]
     n = len(batch)
-    top = TopBatch(recv_ns=batch.recv_ns[valid], venue=batch.venue[valid], sym=batch.sym[valid],
+    sym = batch.sym[valid]
+    n_sym = len(batch.symbols)
+    # symbol ids are small: a 16-bit stable sort is a radix sort, linear in the rows
+    order = np.argsort(sym.astype(np.int16) if n_sym < 32768 else sym, kind="stable")
+    start = np.searchsorted(sym[order], np.arange(n_sym + 1))
+    top = TopBatch(recv_ns=batch.recv_ns[valid], venue=batch.venue[valid], sym=sym,
                    bid=bid, ask=ask,
                    start_ns=int(batch.recv_ns[0]) if n else -1,
-                   end_ns=int(batch.recv_ns.max()) if n else -1)
+                   end_ns=int(batch.recv_ns.max()) if n else -1,
+                   sym_order=order, sym_start=start)
     return ValidatedBatch(batch, valid, top, n + sum(pre_rejected.values()), rejected)

@@ -150,12 +150,9 @@ class CoordinatorCore:
         self._fx_t, self._fx_mid = fx_series(top, self.fx_id, *self.fx_carry)
         if math.isnan(self.fx_first) and np.isfinite(self._fx_mid).any():
             self.fx_first = float(self._fx_mid[np.isfinite(self._fx_mid)][0])
-        order = np.argsort(top.sym, kind="stable")
-        sorted_sym = top.sym[order]
         heap: list[tuple] = []
         for st in self.symbols.values():
-            lo, hi = np.searchsorted(sorted_sym, [st.sid, st.sid + 1])
-            frame = SymbolFrame(top, order[lo:hi], st.carry, self._fx_t, self._fx_mid,
+            frame = SymbolFrame(top, top.rows_of(st.sid), st.carry, self._fx_t, self._fx_mid,
                                 self.cfg.strategy)
             self._frames[st.name] = frame
             st.cursor = 0

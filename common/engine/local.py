@@ -37,18 +37,11 @@ class LocalExecution:
 
     def ingest(self, vb, symbol_ids: dict[str, int], fx_id: int) -> None:
         """Hand each executor its symbol's valid rows plus the FX rows (indices, no copies)."""
-        batch, valid = vb.batch, vb.valid_rows
-        sym = batch.sym[valid]
-        order = np.argsort(sym, kind="stable")
-        ssym = sym[order]
-        lo, hi = np.searchsorted(ssym, [fx_id, fx_id + 1])
-        fx_rows = valid[order[lo:hi]]
-        watermark = vb.top.start_ns
+        batch, valid, top = vb.batch, vb.valid_rows, vb.top
+        fx_rows = valid[top.rows_of(fx_id)]
         for name, ex in self.executors.items():
-            sid = symbol_ids[name]
-            lo, hi = np.searchsorted(ssym, [sid, sid + 1])
-            rows = np.sort(np.concatenate((valid[order[lo:hi]], fx_rows)))
-            ex.ingest(batch, watermark, rows)
+            rows = np.sort(np.concatenate((valid[top.rows_of(symbol_ids[name])], fx_rows)))
+            ex.ingest(batch, top.start_ns, rows)
 
     def submit(self, symbol: str, trades: list[Trade]) -> None:
         self.executors[symbol].submit(trades)

@@ -12,7 +12,8 @@ Model (all in event time, on a 50 ms grid, vectorised per chunk):
 * Books: tick-rounded prices (Upbit's KRW tick table by price band, Binance per-symbol ticks),
   1-3 tick spreads, ``levels`` strictly sorted levels per side, lognormal sizes around the
   symbol's typical depth (a little more depth further out). With ``thin_book_prob`` a book is
-  10-20x thinner; with ``bad_book_prob`` a book is corrupted (crossed, NaN price, negative size,
+  30-150x thinner (a few hundred to a few thousand USD per level: orders of a few thousand USD
+  then really fill partially); with ``bad_book_prob`` a book is corrupted (crossed, NaN price, negative size,
   zero price, unsorted levels or an empty side).
 * Each (venue, symbol) stream has exponential inter-arrival times; ``recv_ns`` = ``ts_ns`` + a
   jittered venue delay (never reordering a stream), and the output is sorted by ``recv_ns``.
@@ -465,7 +466,7 @@ class MockMarket:
         z = rng.standard_normal((2, r, nl), dtype=np.float32)
         noise = np.exp(np.float32(_SIZE_SIGMA) * z - np.float32(0.5 * _SIZE_SIGMA**2))
         thin = rng.random(r) < cfg.thin_book_prob
-        thin_factor = np.where(thin, 1.0 / rng.uniform(10.0, 20.0, r), 1.0)
+        thin_factor = np.where(thin, 1.0 / rng.uniform(30.0, 150.0, r), 1.0)
         coin = depth_usd * thin_factor / usd_px
         sz = noise * lvl_factor[None, None, :] * coin[None, :, None]
         has_lot = lot > 0

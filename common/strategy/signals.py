@@ -55,6 +55,17 @@ class TopBatch:
     ask: np.ndarray
     start_ns: int  # recv_ns of the batch's first row (valid or not)
     end_ns: int  # recv_ns of the batch's last row (valid or not)
+    #: rows grouped by symbol: ``sym_order[sym_start[s]:sym_start[s + 1]]`` are symbol s's rows,
+    #: ascending (a stable sort); computed once, used by the coordinator and the executors
+    sym_order: np.ndarray | None = None
+    sym_start: np.ndarray | None = None
+
+    def rows_of(self, sym: int) -> np.ndarray:
+        if self.sym_order is None:
+            return np.flatnonzero(self.sym == sym)
+        if sym < 0 or sym + 1 >= self.sym_start.shape[0]:
+            return np.zeros(0, dtype=np.int64)
+        return self.sym_order[self.sym_start[sym] : self.sym_start[sym + 1]]
 
     def __len__(self) -> int:
         return int(self.recv_ns.shape[0])
