@@ -83,11 +83,7 @@ class EwmaState:
     acc: float = math.nan
     t_last: int = -1  # time of the last finite observation
     first_t: int = -1  # time of the first finite observation ever (warm-up starts there)
-
-    def level(self, lam: float) -> float:
-        if self.t_last < 0:
-            return math.nan
-        return math.exp(-lam * (self.t_last - self.grid)) * self.acc
+    last: float = math.nan  # the level after the last observation, exactly as it was computed
 
 
 @dataclass(slots=True)
@@ -187,7 +183,7 @@ def ewma_level(t: np.ndarray, x: np.ndarray, state: EwmaState,
     fin = np.flatnonzero(np.isfinite(x))
     fin = fin[fin > 0]
     if fin.size == 0:
-        return np.full(n, state.level(lam)), state
+        return np.full(n, state.last), state
     tf = t[fin]
     xf = x[fin]
     grid = (tf // period) * period
@@ -218,8 +214,8 @@ def ewma_level(t: np.ndarray, x: np.ndarray, state: EwmaState,
     idx = np.full(n, -1, dtype=np.int64)
     idx[fin] = np.arange(fin.size)
     np.maximum.accumulate(idx, out=idx)
-    out = np.where(idx >= 0, lv[np.maximum(idx, 0)], state.level(lam))
-    return out, EwmaState(G, S, t_last, first_t)
+    out = np.where(idx >= 0, lv[np.maximum(idx, 0)], state.last)
+    return out, EwmaState(G, S, t_last, first_t, float(lv[-1]))
 
 
 def fx_series(top: TopBatch, fx_sym: int, carry_t: int, carry_mid: float) -> tuple[np.ndarray, np.ndarray]:

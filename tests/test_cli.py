@@ -1,0 +1,81 @@
+"""run.py as a user runs it: exit codes and one-line errors for bad input, a real short run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args, env=None, cwd=ROOT, timeout=300):
+    e = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    e.update({"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}, **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, env=e, cwd=cwd)
+
+
+def one_line_error(p, *words):
+    out = (p.stdout + p.stderr).strip()
+    assert p.returncode == 2, out
+    assert "Traceback" not in out
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.mark.parametrize("args,env,words", [
+    (["--topn-size", "0"], {}, ["TOPN_SIZE", ">= 1"]),
+    (["--data-source", "foo"], {}, ["--data-source", "foo"]),
+    (["--run-duration-seconds", "-5"], {}, ["--run-duration-seconds"]),
+    (["--seed", "abc"], {}, ["--seed"]),
+    ([], {"FILL_MODEL_SLIPPAGE_ALPHA": "-1"}, ["FILL_MODEL_SLIPPAGE_ALPHA", ">= 0"]),
+    ([], {"FILL_MODEL_KIND": "magic"}, ["FILL_MODEL_KIND"]),
+    ([], {"SETTLE_MS": "soon"}, ["SETTLE_MS"]),
+    (["--data-source", "replay"], {}, ["--replay-path"]),
+    (["--data-source", "replay", "--replay-path", "/nonexistent/x.parquet"], {}, ["/nonexistent"]),
+    (["--symbols", "NOPE"], {}, ["NOPE"]),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, env, words):
+    one_line_error(run(["--engine", "local", "--log-dir", str(tmp_path), *args], env=env,
+                       cwd=tmp_path), *words)
+
+
+def test_unreadable_env_file_exits_2(tmp_path):
+    (tmp_path / ".env.paper").mkdir()  # a directory where the file should be
+    one_line_error(run(["--engine", "local"], cwd=tmp_path), ".env.paper")
+
+
+def test_malformed_replay_file_exits_2(tmp_path):
+    bad = tmp_path / "books.parquet"
+    bad.write_text("this is not parquet\n")
+    one_line_error(run(["--engine", "local", "--data-source", "replay", "--replay-path", str(bad)],
+                       cwd=tmp_path), "books.parquet")
+
+
+def test_env_file_then_environment_then_flags(tmp_path):
+    (tmp_path / ".env.paper").write_text("SEED=3\nTOPN_SIZE=4\nTRADE_NOTIONAL_USD=1000\n")
+    p = run(["--engine", "local", "--run-duration-seconds", "120", "--topn-size", "2",
+             "--kpi-output-path", "k.json", "--quiet"], env={"SEED": "5"}, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "k.json").read_text())["settings"]
+    assert (s["seed"], s["topn_size"], s["trade_notional_usd"]) == (5, 2, 1000.0)
+
+
+@pytest.mark.slow
+def test_short_mock_run_writes_kpis_and_a_trade_log(tmp_path):
+    p = run(["--engine", "local", "--run-duration-seconds", "900", "--kpi-output-path",
+             str(tmp_path / "k.json"), "--log-dir", str(tmp_path / "logs")], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "KPI summary" in p.stdout and "win rate" in p.stdout
+    k = json.loads((tmp_path / "k.json").read_text())
+    logs = list((tmp_path / "logs").glob("*/trades/top20_trade_log.jsonl"))
+    assert len(logs) == 1
+    assert len(logs[0].read_text().splitlines()) == k["trades_executed"]
+    assert k["events_processed"] > 100_000
