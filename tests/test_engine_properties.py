@@ -7,7 +7,6 @@ do not depend on how the stream is cut into batches, and there is no look-ahead.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import defaultdict
 from pathlib import Path
