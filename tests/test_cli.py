@@ -79,3 +79,33 @@ def test_short_mock_run_writes_kpis_and_a_trade_log(tmp_path):
     assert len(logs) == 1
     assert len(logs[0].read_text().splitlines()) == k["trades_executed"]
     assert k["events_processed"] > 100_000
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_with_complete_outputs(tmp_path):
+    import signal
+    import time
+
+    import pyarrow.parquet as pq
+
+    e = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    e.update({"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "--engine", "local", "--speed", "600",
+         "--kpi-output-path", str(tmp_path / "k.json"), "--log-dir", str(tmp_path / "logs")],
+        cwd=tmp_path, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "logs").glob("*/trades/*.jsonl")):
+        time.sleep(0.2)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    k = json.loads((tmp_path / "k.json").read_text())
+    assert k["interrupted"] is True and 0 < k["events_processed"] < 400_000
+    (jsonl,) = (tmp_path / "logs").glob("*/trades/top20_trade_log.jsonl")
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert len(rows) == k["trades_executed"]
+    assert pq.read_table(jsonl.with_suffix(".parquet")).num_rows == len(rows)
+    assert "KPI summary" in out

@@ -350,7 +350,6 @@ class CoordinatorCore:
         dsell, dbuy = float(frame.dev_sell_u[i]), float(frame.dev_buy_u[i])
         direction = 1 if dsell >= dbuy else -1
         b_mid = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
-        fx = float(frame.fx[i])
         fee_u = self.cfg.fees.rate(UPBIT)
         if direction > 0:  # buy binance at ask, sell upbit at bid
             legs = [LegNeed("binance", "USDT", frame.b_ask[i] * (1 + self._slip)),
@@ -378,7 +377,7 @@ class CoordinatorCore:
         buy_v, sell_v = (BINANCE, UPBIT) if direction > 0 else (UPBIT, BINANCE)
         reason = "upbit_rich" if direction > 0 else "upbit_cheap"
         self._dispatch(st, frame, i, t, LEG_ENTRY, decision.quantity, buy_v, sell_v,
-                       (dsell if direction > 0 else dbuy) * 1e4, reason, fx)
+                       (dsell if direction > 0 else dbuy) * 1e4, reason)
 
     def _decide_exit(self, st: SymbolState, frame: SymbolFrame, i: int, t: int) -> None:
         s = self.cfg.strategy
@@ -415,8 +414,7 @@ class CoordinatorCore:
         if decision.refusal is not None:
             return
         dev = (x - float(frame.level[i])) * 1e4 * (1 if st.direction > 0 else -1)
-        self._dispatch(st, frame, i, t, LEG_EXIT, decision.quantity, buy_v, sell_v, dev, reason,
-                       float(frame.fx[i]))
+        self._dispatch(st, frame, i, t, LEG_EXIT, decision.quantity, buy_v, sell_v, dev, reason)
 
     def _decide_hedge(self, st: SymbolState, t: int) -> bool:
         """Unwind the coin imbalance left by a partial leg or a coin fee. True if dispatched."""
@@ -443,12 +441,11 @@ class CoordinatorCore:
             return False
         st.hedge_attempts += 1
         self._dispatch(st, frame, i, t, LEG_HEDGE, decision.quantity, buy_v, sell_v, 0.0,
-                       "leg_imbalance", float(frame.fx[i]))
+                       "leg_imbalance")
         return True
 
     def _dispatch(self, st: SymbolState, frame: SymbolFrame, i: int, t: int, kind: str,
-                  qty: float, buy_v: int, sell_v: int, signal_bps: float, reason: str,
-                  fx: float) -> None:
+                  qty: float, buy_v: int, sell_v: int, signal_bps: float, reason: str) -> None:
         st.seq += 1
         buy_px = (frame.u_ask[i] if buy_v == UPBIT else frame.b_ask[i]) if buy_v >= 0 else math.nan
         sell_px = (frame.u_bid[i] if sell_v == UPBIT else frame.b_bid[i]) if sell_v >= 0 else math.nan

@@ -17,6 +17,7 @@ from common.engine.build import (
 )
 from common.engine.coordinator import CoordinatorCore
 from common.engine.report import ProgressLine, build_report, write_kpi
+from common.engine.stop import StopFlag
 from common.execution.executor import ExecutorFactory, PaperExecutor
 from common.marketdata.validate import BookValidator
 from common.reporting.kpi import KpiAccumulator
@@ -64,25 +65,25 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     trade_log = TradeLogger(log_dir, run_id, top_n)
     validator = BookValidator()
     bar = ProgressLine(source.duration_s, enabled=progress)
-    interrupted = False
     logger.info("run {}: local engine, {}", run_id, source.description)
-    try:
-        for batch, pre_rejected in source.batches():
-            if len(batch) == 0:
-                continue
-            wall = time.perf_counter_ns()
-            vb = validate_batch(validator, batch, pre_rejected)
-            kpi.add_events(vb.rows_in, vb.rejected)
-            port.ingest(vb, symbol_ids, fx_id)
-            rows = coord.process_batch(vb.top, wall)
-            trade_log.log_rows(rows)
-            bar.update(coord, kpi, trade_log.rows_written)
-    except KeyboardInterrupt:
-        interrupted = True
-        logger.warning("interrupted: settling open trades and writing the outputs")
-    finally:
-        trade_log.log_rows(coord.finish())
-        trade_log.close()
+    with StopFlag() as stop:
+        try:
+            for batch, pre_rejected in source.batches():
+                if stop.requested:
+                    break
+                if len(batch) == 0:
+                    continue
+                wall = time.perf_counter_ns()
+                vb = validate_batch(validator, batch, pre_rejected)
+                kpi.add_events(vb.rows_in, vb.rejected)
+                port.ingest(vb, symbol_ids, fx_id)
+                rows = coord.process_batch(vb.top, wall)
+                trade_log.log_rows(rows)
+                bar.update(coord, kpi, trade_log.rows_written)
+        finally:
+            trade_log.log_rows(coord.finish())
+            trade_log.close()
+    interrupted = stop.requested
     wall_s = time.perf_counter() - t0
     report = build_report(kpi.report(), coord.report_part(), settings, run_id, wall_s,
                           trade_log.jsonl_path, trade_log.parquet_path, engine="local",
