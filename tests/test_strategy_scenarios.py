@@ -157,3 +157,25 @@ def test_entry_clipped_by_available_balance():
     assert entry["quantity"] == pytest.approx(int(1000 / limit / 0.01) * 0.01)
     assert rep["clips"] == {"balance_binance_USDT": 1}
     assert rep["balances"]["binance"]["USDT"]["final"] >= 0
+
+
+def test_bad_books_are_counted_by_reason_and_never_traded_on():
+    from tests.books import book
+
+    good = premium_rows("BTC", [(0, 0.02), (60, 0.02)], end_s=120)
+    # at t=30..35 upbit "shows" a 5 % premium, but only in broken books: none may be traded
+    rich = 100 * 1400 * 1.05
+    bad = [
+        book(30.3, "upbit", "BTC", [(rich + 10, 1)], [(rich, 1)]),  # crossed
+        book(31.3, "upbit", "BTC", [(float("nan"), 1)], [(rich, 1)]),  # NaN price
+        book(32.3, "upbit", "BTC", [(rich, -1)], [(rich + 1, 1)]),  # negative size
+        book(33.3, "upbit", "BTC", [(rich, 1), (rich + 5, 1)], [(rich + 20, 1)]),  # unsorted bids
+        book(34.3, "upbit", "BTC", [], [(rich, 1)]),  # empty side
+        book(35.3, "upbit", "BTC", [(0.0, 1)], [(rich, 1)]),  # zero price
+        book(36.3, "upbit", "BTC", [(rich, 1)], [(rich + 1, 1)], quote="BTC"),  # unknown market
+    ]
+    rep, log = run_rows(good + bad, ["BTC"])
+    assert log == []
+    assert rep["events_rejected_by_reason"] == {"crossed": 1, "non_finite": 1, "non_positive": 2,
+                                                "unsorted": 1, "empty": 1, "unknown_market": 1}
+    assert rep["events_rejected"] == 7
