@@ -142,3 +142,23 @@ def test_latency_model_is_seeded_per_symbol():
     c = LatencyModel(cfg, 7, "ETH").draw_ns(1)
     assert a == b and a[0] != c
     assert 120e6 <= a[0] <= 130e6
+
+
+def test_a_leg_meets_the_book_of_its_own_arrival_even_if_its_twin_arrives_a_batch_later():
+    symtab = SymbolTable(("USDT", "BTC"))
+    ex = _executor(kind="book_walk")
+    ex.ingest(to_batch([fx(0.0),
+                        book(9.9, "binance", "BTC", [(99, 5)], [(100, 5)]),
+                        book(9.95, "upbit", "BTC", [(140000, 5)], [(140100, 5)]),
+                        book(10.5, "binance", "BTC", [(199, 5)], [(200, 5)])], symtab), T0)
+    t = T0 + 9_950_000_000
+    trade = Trade("BTC-E-1", "BTC", "entry", "BTC-RT-1", "binance", "upbit", 1.0, 100.0, 140000.0,
+                  1e9, 1.0, t, T0 + 10 * S, T0 + 11_200_000_000)
+    ex.submit([trade])
+    assert ex.collect(T0 + 10_600_000_000) == []  # the upbit leg has not arrived yet
+    ex.ingest(to_batch([book(11.0, "upbit", "BTC", [(150000, 5)], [(150100, 5)])], symtab),
+              T0 + 11 * S)
+    (res,) = ex.collect(T0 + 12 * S)
+    assert res.buy.vwap_price == 100.0  # the 9.9 book, not the 10.5 one seen later
+    assert res.sell.vwap_price == 150000.0  # the 11.0 book, the latest before 11.2
+    assert res.fill_ts_ns == T0 + 11_200_000_000

@@ -149,7 +149,8 @@ class PaperExecutor:
         self._fx_mid = np.zeros(0)
         self._fx_carry: tuple[int, float] = (-1, math.nan)
         self._serial = 0
-        self._pending: list[Trade] = []
+        #: submitted trades not complete yet: {"trade", "buy", "sell"}, a leg _WAITING until filled
+        self._pending: list[dict] = []
         self._done: list[ExecutionResult] = []
         self.watermark_ns = -1
 
@@ -187,7 +188,12 @@ class PaperExecutor:
 
     # -- trades --------------------------------------------------------------------------------
     def submit(self, trades: list[Trade]) -> None:
-        self._pending.extend(trades)
+        for t in trades:
+            self._pending.append({
+                "trade": t,
+                "buy": _WAITING if t.buy_exchange is not None else None,
+                "sell": _WAITING if t.sell_exchange is not None else None,
+            })
 
     def collect(self, up_to_ns: int) -> list[ExecutionResult]:
         """Fill every pending trade whose legs all arrived at or before ``up_to_ns``; return all
@@ -208,32 +214,38 @@ class PaperExecutor:
         return results
 
     def _fill_pending(self, up_to_ns: int) -> None:
+        """Fill every pending leg that arrived at or before ``up_to_ns``, leg by leg.
+
+        Legs fill one at a time, not trade by trade: a leg must meet the books as they were at
+        its own arrival, even when the other leg of its trade arrives after the next batch.
+        """
         if not self._pending:
             return
-        ready = [t for t in self._pending if max(t.buy_arrival_ns, t.sell_arrival_ns) <= up_to_ns]
-        if not ready:
-            return
-        self._pending = [t for t in self._pending if max(t.buy_arrival_ns, t.sell_arrival_ns) > up_to_ns]
-        ready.sort(key=lambda t: (max(t.buy_arrival_ns, t.sell_arrival_ns), t.trade_id))
-        for trade in ready:
-            self._done.append(self._execute(trade))
-
-    def _execute(self, trade: Trade) -> ExecutionResult:
-        legs: list[LegFill] = []
-        buy = sell = None
-        # legs fill in arrival order: they may meet the same venue's book only if the exchanges are
-        # equal, which never happens within one trade, so the order matters only for determinism
-        if trade.buy_exchange is not None:
-            buy = self._fill_leg(trade, VENUE_CODES[trade.buy_exchange], Side.BUY,
-                                 trade.buy_price, trade.buy_limit, trade.buy_arrival_ns)
-            legs.append(buy)
-        if trade.sell_exchange is not None:
-            sell = self._fill_leg(trade, VENUE_CODES[trade.sell_exchange], Side.SELL,
-                                  trade.sell_price, trade.sell_limit, trade.sell_arrival_ns)
-            legs.append(sell)
-        fill_ts = max(leg.arrival_ns for leg in legs)
-        return ExecutionResult(trade=trade, buy=buy, sell=sell,
-                               trade_result=classify_result(legs), fill_ts_ns=fill_ts)
+        legs = []
+        for i, p in enumerate(self._pending):
+            for side in ("buy", "sell"):
+                if p[side] == _WAITING and _arrival(p["trade"], side) <= up_to_ns:
+                    legs.append((_arrival(p["trade"], side), p["trade"].trade_id, side, i))
+        for _, _, side, i in sorted(legs):
+            p = self._pending[i]
+            t = p["trade"]
+            if side == "buy":
+                p["buy"] = self._fill_leg(t, VENUE_CODES[t.buy_exchange], Side.BUY, t.buy_price,
+                                          t.buy_limit, t.buy_arrival_ns)
+            else:
+                p["sell"] = self._fill_leg(t, VENUE_CODES[t.sell_exchange], Side.SELL,
+                                           t.sell_price, t.sell_limit, t.sell_arrival_ns)
+        still = []
+        for p in self._pending:
+            if p["buy"] == _WAITING or p["sell"] == _WAITING:
+                still.append(p)
+                continue
+            legs_done = [x for x in (p["buy"], p["sell"]) if x is not None]
+            self._done.append(ExecutionResult(
+                trade=p["trade"], buy=p["buy"], sell=p["sell"],
+                trade_result=classify_result(legs_done),
+                fill_ts_ns=max(x.arrival_ns for x in legs_done)))
+        self._pending = still
 
     def _fill_leg(self, trade: Trade, venue: int, side: Side, decision_px: float, limit: float,
                   arrival: int) -> LegFill:
@@ -274,7 +286,7 @@ class PaperExecutor:
             "books": [b.get_state() for b in self._books],
             "fx": (self._fx_t, self._fx_mid, self._fx_carry),
             "fill_model": self.fill_model.get_state(),
-            "pending": list(self._pending),
+            "pending": [dict(p) for p in self._pending],
             "done": list(self._done),
             "serial": self._serial,
             "watermark_ns": self.watermark_ns,
@@ -285,10 +297,18 @@ class PaperExecutor:
             b.set_state(s, state["batch"])
         self._fx_t, self._fx_mid, self._fx_carry = state["fx"]
         self.fill_model.set_state(state["fill_model"])
-        self._pending = list(state["pending"])
+        self._pending = [dict(p) for p in state["pending"]]
         self._done = list(state["done"])
         self._serial = state["serial"]
         self.watermark_ns = state["watermark_ns"]
+
+
+#: marks a leg that has not arrived yet (a string survives pickling as an equal value)
+_WAITING = "waiting"
+
+
+def _arrival(trade: Trade, side: str) -> int:
+    return trade.buy_arrival_ns if side == "buy" else trade.sell_arrival_ns
 
 
 def _quote_of(venue: int) -> str:
