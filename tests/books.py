@@ -40,7 +40,7 @@ def to_batch(rows: list[dict], symtab: SymbolTable | None = None) -> BookBatch:
 
 
 def run_rows(rows: list[dict], symbols: list[str], batch_rows: int = 1000, tmp_path=None,
-             **overrides):
+             universe: list[tuple[float, list[str]]] | None = None, **overrides):
     """Run the local engine over hand-built rows; returns (report, trade rows)."""
     import tempfile
 
@@ -61,8 +61,15 @@ def run_rows(rows: list[dict], symbols: list[str], batch_rows: int = 1000, tmp_p
 
     source = MarketSource("replay", list(symbols), symtab, gen(), "test rows", None)
     log_dir = tmp_path or tempfile.mkdtemp(prefix="books-")
+    pending = [(T0 + round(t * S), members) for t, members in (universe or [])]
+
+    def poll():  # every change is known up front, as in the replay of a recording
+        out = list(pending)
+        pending.clear()
+        return out
+
     report = run_local(settings, source, "test-run", log_dir, None, settings.topn_size,
-                       progress=False)
+                       progress=False, universe_events=poll if universe else None)
     return report, read_trade_log(report["trade_log_path"])
 
 

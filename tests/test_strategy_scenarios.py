@@ -179,3 +179,18 @@ def test_bad_books_are_counted_by_reason_and_never_traded_on():
     assert rep["events_rejected_by_reason"] == {"crossed": 1, "non_finite": 1, "non_positive": 2,
                                                 "unsorted": 1, "empty": 1, "unknown_market": 1}
     assert rep["events_rejected"] == 7
+
+
+def test_topn_leaver_exits_only_until_flat_and_a_joiner_trades_after_warm_up():
+    # BTC enters at 30, leaves TopN at 45 with the position open: it still exits (band, at 60),
+    # then never enters again although its premium jumps at 100. ETH joins at 50 and trades.
+    rows = (premium_rows("BTC", [(0, 0.02), (30, 0.03), (60, 0.02), (100, 0.03), (130, 0.02)],
+                         end_s=160)
+            + premium_rows("ETH", [(0, 0.02), (110, 0.03), (140, 0.02)], end_s=160, b_mid=50.0))
+    rep, log = run_rows(rows, ["BTC"], universe=[(45.0, ["ETH"])])
+    btc = [(r["leg_kind"], r["reason"]) for r in log if r["symbol"] == "BTC"]
+    assert btc == [("entry", "upbit_rich"), ("hedge", "leg_imbalance"), ("exit", "band")]
+    eth = [r for r in log if r["symbol"] == "ETH"]
+    assert eth and eth[0]["leg_kind"] == "entry"
+    assert eth[0]["decision_ts_ns"] == T0 + round(110.2 * S)
+    assert rep["symbols"] == ["BTC", "ETH"] and rep["round_trips_completed"] == 2

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from loguru import logger
 
 from common.execution.executor import LatencyConfig, LatencyModel
 from common.portfolio.state import FeeSchedule, PortfolioState
@@ -40,8 +41,9 @@ from common.types import (
 )
 
 FLAT, OPEN = "flat", "open"
-# heap event kinds, in the order they run at equal times: settle first, then marks, then decisions
-_SETTLE, _MARK, _DECIDE = 0, 1, 2
+# heap event kinds, in the order they run at equal times: settlements, TopN membership changes,
+# equity marks, then decisions
+_SETTLE, _UNIVERSE, _MARK, _DECIDE = 0, 1, 2, 3
 
 
 class ExecutionPort(Protocol):
@@ -104,6 +106,8 @@ class SymbolState:
     last_leg_kind: str = ""
     hedge_attempts: int = 0
     rearm: bool = False  # after a refusal, wait for a fresh crossing before trying again
+    active: bool = True  # in TopN: may enter; out of it the symbol only exits until flat
+    drained: bool = False  # out of TopN and flat: no executor needed any more
     cursor: int = 0  # last processed index into this batch's frame
     pnl_sampled: float = 0.0
     wall_at_decision: dict = field(default_factory=dict)
@@ -140,6 +144,8 @@ class CoordinatorCore:
         self._fx_t = np.zeros(1, dtype=np.int64)
         self._fx_mid = np.full(1, np.nan)
         self.rows_out: list[dict] = []
+        self._universe: list[tuple[int, frozenset[str]]] = []  # scheduled membership changes
+        self.drained_out: list[str] = []  # symbols drained since the engine last asked
 
     # ------------------------------------------------------------------------------------------
     def process_batch(self, top: TopBatch, wall_recv_ns: int | None = None) -> list[dict]:
@@ -163,6 +169,9 @@ class CoordinatorCore:
                     heapq.heappush(heap, (st.settle_at, _SETTLE, -1, st.name))
             else:
                 self._push_next(heap, st)
+        while self._universe and self._universe[0][0] <= top.end_ns:
+            t_u, members = self._universe.pop(0)
+            heapq.heappush(heap, (t_u, _UNIVERSE, -1, ",".join(sorted(members))))
         if self.next_mark_ns < 0 and len(top):
             self.next_mark_ns = self._grid_after(int(top.recv_ns[0]))
         while 0 <= self.next_mark_ns <= top.end_ns:
@@ -181,6 +190,8 @@ class CoordinatorCore:
                 self._settle(names, t, heap)
             elif kind == _MARK:
                 self._sample_equity(t, list(self.symbols))
+            elif kind == _UNIVERSE:
+                self._apply_universe(frozenset(name.split(",")) if name else frozenset(), heap)
             else:
                 st = self.symbols[name]
                 if st.pending:
@@ -195,6 +206,53 @@ class CoordinatorCore:
             self.fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
         self.clock_ns = max(self.clock_ns, top.end_ns)
         return self.rows_out
+
+    # -- TopN membership ------------------------------------------------------------------------
+    def schedule_universe(self, t_ns: int, members: list[str],
+                          symbol_ids: dict[str, int]) -> list[str]:
+        """TopN becomes ``members`` at event time ``t_ns``.
+
+        A symbol that leaves goes exit-only until flat, then is drained (see ``take_drained``);
+        one that joins may trade once its books, FX and warm-up allow. Returns the symbols that
+        need an executor from now on (new ones, and drained ones coming back), so the engine can
+        create it before the next batch reaches it.
+        """
+        need = []
+        for name in members:
+            st = self.symbols.get(name)
+            if st is None:
+                self.symbols[name] = SymbolState(name, symbol_ids[name],
+                                                 LatencyModel(self.cfg.latency, self.cfg.seed, name),
+                                                 active=False)
+                need.append(name)
+            elif st.drained:
+                need.append(name)
+        self._universe.append((int(t_ns), frozenset(members)))
+        self._universe.sort(key=lambda u: u[0])
+        return need
+
+    def take_drained(self) -> list[str]:
+        out, self.drained_out = self.drained_out, []
+        return out
+
+    def _apply_universe(self, members: frozenset[str], heap: list) -> None:
+        for st in self.symbols.values():
+            was = st.active
+            st.active = st.name in members
+            if st.active:
+                st.drained = False
+                if not was and not st.pending:
+                    self._push_next(heap, st)
+            elif was:
+                logger.info("{} left TopN: exit-only until flat", st.name)
+                if not st.pending and st.status == FLAT:
+                    self._drain(st)
+
+    def _drain(self, st: SymbolState) -> None:
+        if not st.drained:
+            st.drained = True
+            self.drained_out.append(st.name)
+            logger.info("{} drained (out of TopN and flat)", st.name)
 
     def finish(self) -> list[dict]:
         """End of data: settle what is still pending (hedges included) against the last books,
@@ -305,6 +363,9 @@ class CoordinatorCore:
         if not st.funded:
             return
         if st.status == FLAT:
+            if not st.active:
+                self._drain(st)
+                return
             idx = frame.edge_idx if st.rearm else frame.cand_idx
             k = int(np.searchsorted(idx, st.cursor, side="right"))
             if k < idx.size:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,13 @@ class LocalExecution:
             rows = np.sort(np.concatenate((valid[top.rows_of(symbol_ids[name])], fx_rows)))
             ex.ingest(batch, top.start_ns, rows)
 
+    def add(self, symbol: str, settings: Settings) -> None:
+        """An executor for a symbol that joined TopN (kept if it had one before)."""
+        if symbol not in self.executors:
+            factory = ExecutorFactory(fee_schedule(settings), settings.seed)
+            self.executors[symbol] = factory.create_paper_executor(
+                symbol, None, None, fill_model_config(settings))
+
     def submit(self, symbol: str, trades: list[Trade]) -> None:
         self.executors[symbol].submit(trades)
 
@@ -52,8 +60,13 @@ class LocalExecution:
 
 
 def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: str | Path,
-              kpi_path: str | Path | None, top_n: int, progress: bool = True) -> dict:
-    """Run the whole paper session in this process; returns the KPI report (also written)."""
+              kpi_path: str | Path | None, top_n: int, progress: bool = True,
+              universe_events: Callable[[], list[tuple[int, list[str]]]] | None = None) -> dict:
+    """Run the whole paper session in this process; returns the KPI report (also written).
+
+    ``universe_events``: polled before every batch for TopN membership changes
+    ``(event time, members)``; each applies at exactly its event time.
+    """
     t0 = time.perf_counter()
     symtab = source.symtab
     symbol_ids = {s: symtab.id_of(s) for s in source.symbols}
@@ -71,6 +84,12 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
             for batch, pre_rejected in source.batches():
                 if stop.requested:
                     break
+                if universe_events is not None:
+                    for t_ns, members in universe_events():
+                        for name in members:
+                            symbol_ids.setdefault(name, symtab.id_of(name))
+                        for name in coord.schedule_universe(t_ns, members, symbol_ids):
+                            port.add(name, settings)
                 if len(batch) == 0:
                     continue
                 wall = time.perf_counter_ns()
