@@ -1,0 +1,121 @@
+"""Coordinator: the Ray shell around CoordinatorCore, the one brain of a Ray run.
+
+It receives each batch's top-of-book stream plus ObjectRefs of every symbol's rows, forwards
+``ingest`` to the symbol actors before walking the batch (so a leg is always filled with all data
+up to its arrival), then lets the core decide, dispatch and settle through the RayExecutionPort.
+Trade rows go to the TradeLoggerActor and KPI calls to the KpiActor, one remote call each per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import ray
+
+from actors.port import RayExecutionPort
+from actors.sinks import KpiProxy
+from common.engine.build import coordinator_config
+from common.engine.coordinator import CoordinatorCore
+from common.settings import Settings
+from common.strategy.signals import TopBatch
+from common.types import BINANCE, UPBIT
+
+
+@ray.remote
+class Coordinator:
+    def __init__(self, run_id: str) -> None:
+        self.run_id_ = run_id
+        self.core: CoordinatorCore | None = None
+        self.metrics = None
+        self._sink_refs: list = []
+        self.batches = 0
+        self.sink_calls = 0
+
+    def run_id(self) -> str:
+        return self.run_id_
+
+    def setup(self, settings: Settings, symbols: list[str], symbol_ids: dict[str, int],
+              fx_id: int, top_n: int, handles: dict[str, object], trade_logger, kpi,
+              monitoring: bool) -> dict:
+        """Wire the core to the actors and take every symbol actor's initial snapshot."""
+        self.settings = settings
+        self.port = RayExecutionPort(handles)
+        self.kpi = KpiProxy(kpi)
+        self.trade_logger = trade_logger
+        self.core = CoordinatorCore(coordinator_config(settings), symbols, symbol_ids, fx_id,
+                                    self.port, self.kpi, session_id=self.run_id_, top_n=top_n)
+        if monitoring:
+            from actors.metrics import ArbMetrics
+
+            self.metrics = ArbMetrics(symbols, symbol_ids)
+        self.port.start()
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def process(self, top: TopBatch, refs: dict[str, object], watermark_ns: int, rows_in: int,
+                rejected: dict[str, int], sent_time_ns: int) -> dict:
+        """One batch: ingest everywhere, walk the top of book, ship rows and KPI calls."""
+        # the core measures tick-to-fill on this process's perf counter; start it when the feed
+        # sent the batch, so time spent queued counts
+        wall = time.perf_counter_ns() - max(0, time.time_ns() - sent_time_ns)
+        self.kpi.add_events(rows_in, rejected)
+        self.port.ingest(refs, watermark_ns)
+        rows = self.core.process_batch(top, wall)
+        self._ship(rows)
+        self.batches += 1
+        if self.batches % self.settings.snapshot_every_chunks == 0:
+            self.port.snapshot_all()
+        status = self.status()
+        if self.metrics is not None:
+            self.metrics.record_batch(top, rows_in, rejected, rows, status)
+        status["rows"] = len(rows)
+        return status
+
+    def finish(self) -> dict:
+        """End of data (or a stop): settle everything pending, ship it, wait for the sinks."""
+        rows = self.core.finish()
+        self._ship(rows)
+        self.port.check()
+        ray.get(self._sink_refs)
+        self._sink_refs = []
+        status = self.status()
+        if self.metrics is not None:
+            self.metrics.record_batch(None, 0, {}, rows, status)
+        status["rows"] = len(rows)
+        return status
+
+    def report_part(self) -> dict:
+        return self.core.report_part()
+
+    def stats(self) -> dict:
+        return {"calls_to_symbols": self.port.calls_sent, "calls_to_sinks": self.sink_calls,
+                "recoveries": self.port.recoveries, "snapshots": self.port.snapshots,
+                "batches": self.batches, "pid": os.getpid()}
+
+    def status(self) -> dict:
+        """What the live view shows: per-symbol premium, position and PnL, and the clock."""
+        out = {}
+        for name, st in self.core.symbols.items():
+            c = st.carry
+            u_mid, b_mid = (c.u_bid + c.u_ask) * 0.5, (c.b_bid + c.b_ask) * 0.5
+            prem = (u_mid / (b_mid * c.fx) - 1.0) * 1e4 if b_mid * c.fx > 0 else math.nan
+            out[name] = {"premium_bps": float(prem) if math.isfinite(prem) else math.nan,
+                         "position_upbit": float(st.delta[UPBIT]),
+                         "position_binance": float(st.delta[BINANCE]),
+                         "pnl_usd": float(st.pnl_sampled), "status": st.status}
+        return {"clock_ns": int(self.core.clock_ns), "symbols": out}
+
+    def _ship(self, rows: list[dict]) -> None:
+        if rows:
+            self._sink_refs.append(self.trade_logger.log_rows.remote(rows))
+            self.sink_calls += 1
+        ref = self.kpi.flush()
+        if ref is not None:
+            self._sink_refs.append(ref)
+            self.sink_calls += 1
+        # keep the list short: drop calls that already completed
+        if len(self._sink_refs) > 64:
+            done, self._sink_refs = ray.wait(self._sink_refs, num_returns=len(self._sink_refs),
+                                             timeout=0)
+            ray.get(done)

@@ -1,0 +1,33 @@
+"""Shared helpers of the Ray tests: comparable KPI reports and trade logs."""
+
+from __future__ import annotations
+
+from common.reporting.trade_log import read_trade_log
+
+#: DESIGN's exempt fields, plus the engine's own name (the one thing meant to differ)
+EXEMPT = {"run_id", "session_id", "wall_seconds", "events_per_second", "tick_to_fill_ms", "engine"}
+EXEMPT_SUFFIX = ("_wall", "_path", "_dir")
+
+
+def stable(o):
+    if isinstance(o, dict):
+        return {k: stable(v) for k, v in sorted(o.items())
+                if k not in EXEMPT and not k.endswith(EXEMPT_SUFFIX)}
+    if isinstance(o, list):
+        return [stable(v) for v in o]
+    return o
+
+
+def rows_of(report: dict) -> list[dict]:
+    return read_trade_log(report["trade_log_path"])
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    """Identical trade rows and KPIs but the exempt fields."""
+    ka, kb = stable(a), stable(b)
+    assert sorted(ka) == sorted(kb)
+    diff = [k for k in ka if ka[k] != kb[k]]
+    assert not diff, f"KPI fields differ: {diff}"
+    ra, rb = rows_of(a), rows_of(b)
+    assert [r["trade_id"] for r in ra] == [r["trade_id"] for r in rb]
+    assert stable(ra) == stable(rb)
