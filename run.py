@@ -16,7 +16,7 @@ import sys
 from loguru import logger
 
 ENGINES = ("ray", "local")
-DEFAULT_ENGINE = "local"
+DEFAULT_ENGINE = "ray"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="same as --speed 1")
     p.add_argument("--monitoring-enabled", action="store_true",
                    help="Ray dashboard, Prometheus metrics and a live terminal view")
+    p.add_argument("--metrics-export-port", type=_int("--metrics-export-port"),
+                   help="Prometheus metrics port of the embedded Ray node (default: Ray picks)")
     p.add_argument("--kpi-output-path", help="write the KPI JSON here")
     p.add_argument("--log-dir", default="logs", help="trade logs go to <log-dir>/<run_id>/trades")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -92,15 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(overrides={k: v for k, v in overrides.items() if v is not None})
     except SettingsError as e:
         return _fail(str(e))
-    if args.engine == "ray":
-        return _fail("--engine ray: the Ray engine is not part of this build yet; use "
-                     "--engine local")
     if args.record_path and args.data_source != "real":
         return _fail("--record-path: recording needs --data-source real")
     speed = 1.0 if args.realtime else args.speed
     try:
         source = open_source(args.data_source, settings, args.replay_path,
-                             args.run_duration_seconds)
+                             args.run_duration_seconds, record_path=args.record_path)
     except DataSourceError as e:
         return _fail(str(e))
     run_id = new_run_id()
@@ -112,6 +111,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if speed is not None:
         source = paced(source, speed)
+    if args.engine == "ray":
+        from actors.engine import RayEngineError, RayOptions, run_ray
+
+        opts = RayOptions(namespace=args.namespace, address=args.ray_address,
+                          monitoring=args.monitoring_enabled,
+                          metrics_export_port=args.metrics_export_port, progress=not args.quiet)
+        try:
+            run = run_ray(settings, source, run_id, args.log_dir, args.kpi_output_path, top_n, opts)
+        except (DataSourceError, RayEngineError) as e:
+            return _fail(str(e))
+        print(format_summary(run.report), flush=True)
+        return 130 if run.stopped_by == "SIGINT" else 0
     try:
         report = run_local(settings, source, run_id, args.log_dir, args.kpi_output_path, top_n,
                            progress=not args.quiet)

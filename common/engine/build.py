@@ -17,6 +17,7 @@ from common.execution.executor import LatencyConfig
 from common.fill.models import FillModelConfig
 from common.marketdata.batch import BookBatch, SymbolTable
 from common.marketdata.mock import MOCK_UNIVERSE, MockConfig, MockMarket, mock_universe_topn
+from common.marketdata.record import recorded_symbols
 from common.marketdata.replay import DataSourceError, ReplaySource, scan_symbols
 from common.marketdata.validate import BookValidator, count_reasons
 from common.portfolio.state import FeeSchedule
@@ -89,7 +90,7 @@ class MarketSource:
 
 
 def open_source(kind: str, s: Settings, replay_path: str | None,
-                duration_s: float | None) -> MarketSource:
+                duration_s: float | None, record_path: str | None = None) -> MarketSource:
     """Build the data source of ``kind``. Raises DataSourceError with a one-line message."""
     if kind == "mock":
         symbols = list(s.symbols) if s.symbols else list(mock_universe_topn(s.topn_size))
@@ -114,6 +115,8 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
             if missing:
                 raise DataSourceError(f"SYMBOLS: {', '.join(missing)} not on both venues in "
                                       f"{replay_path}")
+        elif (recorded := recorded_symbols(replay_path)) is not None:
+            symbols = recorded  # a live recording: trade the universe the live run traded
         else:
             symbols = [x for x in ranked if x not in s.symbol_deny][: s.topn_size]
         if not symbols:
@@ -127,8 +130,16 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                             f"replay of {replay_path} ({src.rows_total} rows), "
                             f"{len(symbols)} symbols", duration_s)
     if kind == "real":
-        raise DataSourceError("--data-source real: live WebSocket market data is not part of "
-                              "this build yet; use mock or replay")
+        from common.marketdata.live import open_live
+
+        live = open_live(s, duration_s, record_path)
+        sel = live.selection
+        how = "SYMBOLS" if s.symbols else f"TopN by 24 h value, refreshed every {s.topn_refresh_s:g} s"
+        return MarketSource("real", list(live.symbols), live.symtab, live.batches(),
+                            f"live Upbit + Binance books, {len(live.symbols)} symbols ({how}; "
+                            f"USDT/KRW {sel.fx_krw:,.2f})"
+                            + (f", recording to {record_path}" if record_path else ""),
+                            duration_s)
     raise DataSourceError(f"--data-source: unknown source {kind!r} (choose from "
                           f"{', '.join(DATA_SOURCES)})")
 
