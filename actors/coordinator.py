@@ -70,7 +70,15 @@ class Coordinator:
         if self.metrics is not None:
             self.metrics.record_batch(top, rows_in, rejected, rows, status)
         status["rows"] = len(rows)
+        status["drained"] = self.core.take_drained()
         return status
+
+    def schedule_universe(self, t_ns: int, members: list[str], symbol_ids: dict[str, int],
+                          joiners: dict[str, object]) -> None:
+        """A TopN change at event time ``t_ns``; ``joiners``: actors of symbols new to the run."""
+        for name, handle in joiners.items():
+            self.port.add(name, handle)
+        self.core.schedule_universe(t_ns, members, symbol_ids)
 
     def finish(self) -> dict:
         """End of data (or a stop): settle everything pending, ship it, wait for the sinks."""

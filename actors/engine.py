@@ -304,7 +304,8 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
         raise _already_there(ns, _existing_run(ns), f"actor '{COORDINATOR}'") from None
     handles[COORDINATOR] = coord
     sym_handles = {}
-    for s in symbols:
+
+    def new_symbol_actor(s: str):
         try:
             h = SymbolActor.options(
                 name=symbol_actor_name(s), namespace=ns, num_cpus=SYMBOL_CPUS,
@@ -313,6 +314,10 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
         except ValueError:
             raise _already_there(ns, _existing_run(ns), f"actor '{symbol_actor_name(s)}'") from None
         handles[symbol_actor_name(s)] = sym_handles[s] = h
+        return h
+
+    for s in symbols:
+        new_symbol_actor(s)
     # the trade log lands on the driver's machine; the logger is idempotent by trade_id, so a
     # restarted logger (it reloads what it wrote) may safely be sent a call again
     try:
@@ -343,10 +348,28 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
 
     def take(ref) -> None:
         status = ray.get(ref)
+        for name in status.pop("drained", ()):
+            if source.on_drained is not None:
+                source.on_drained(name)
         view.update(status, *inflight_meta.popleft())
+
+    def membership() -> None:
+        """TopN changes: actors for the joiners, then the change, in call order before the
+        batch that follows (the coordinator applies it at its exact event time)."""
+        nonlocal driver_calls
+        for t_ns, members in source.universe_events():
+            joiners = {}
+            for m in members:
+                if m not in sym_handles:
+                    symbol_ids[m] = symtab.id_of(m)
+                    joiners[m] = new_symbol_actor(m)
+            ray.get(coord.schedule_universe.remote(t_ns, members, dict(symbol_ids), joiners))
+            driver_calls += 1
 
     inflight_meta: deque = deque()
     for batch, pre_rejected in coalesced(source.batches(), settings.batch_rows, stop):
+        if source.universe_events is not None:
+            membership()
         vb = validate_batch(validator, batch, pre_rejected)
         view.start(vb.top.start_ns)
         refs = {s: ray.put(part) for s, part in split_rows(vb, symbol_ids, fx_id).items()}

@@ -60,6 +60,12 @@ class RayExecutionPort:
             self.links[s].snapshot = ray.get(ref)
         self.calls_sent += len(refs)
 
+    def add(self, symbol: str, handle) -> None:
+        """A symbol actor for a symbol that joined TopN: start it and keep its first snapshot."""
+        link = self.links[symbol] = _Link(handle)
+        link.snapshot = ray.get(handle.start.remote())
+        self.calls_sent += 1
+
     def ingest(self, refs: dict[str, object], watermark_ns: int) -> None:
         """Each symbol actor takes its rows of the next batch (an ObjectRef the feed put)."""
         for s, link in self.links.items():

@@ -160,3 +160,103 @@ def test_binance_451_ends_the_run_with_one_clear_line():
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "HTTP 451" in lines[0] and "region" in lines[0]
+
+
+def test_topn_change_live_leaver_exits_only_joiner_trades_and_replay_matches(tmp_path,
+                                                                            monkeypatch):
+    """LINK is promoted mid-run: it joins TopN and trades; XRP leaves: it enters no more, exits
+    until flat and is drained (the live source stops streaming it). The recording, replayed,
+    applies the same change at the same event time and makes the same decisions."""
+    import dataclasses
+
+    from common.engine.build import open_source
+    from common.engine.local import run_local
+    from common.marketdata.record import read_topn_events
+    from common.reporting.trade_log import read_trade_log
+    from common.settings import Settings
+
+    rec = tmp_path / "rec"
+    with FakeExchanges() as fakes:
+        for k, v in trader_env(fakes).items():
+            if k.isupper():
+                monkeypatch.setenv(k, v)
+        settings = Settings.from_env(overrides={"topn_size": 2, "topn_refresh_s": 1.0})
+
+        def promote():
+            fakes.assets = tuple(
+                dataclasses.replace(a, upbit_value_usd=5e10, binance_value_usd=5e10)
+                if a.symbol == "LINK" else a for a in fakes.assets)
+
+        timer = threading.Timer(8.0, promote)
+        timer.start()
+        try:
+            source = open_source("real", settings, None, 20.0, record_path=str(rec))
+            live = run_local(settings, source, "live", tmp_path / "logs", None, 2,
+                             progress=False)
+        finally:
+            timer.cancel()
+    rows = read_trade_log(live["trade_log_path"])
+    assert live["symbols"] == ["BTC", "XRP", "LINK"]
+    changes = [e for e in read_topn_events(rec) if e.get("event") == "topn"][1:]
+    assert len(changes) == 1
+    change = changes[0]
+    assert change["removed"] == ["XRP"] and change["added"] == ["LINK"]
+    assert any(e["event"] == "drained" and e["symbols"] == ["XRP"] for e in read_topn_events(rec))
+    t_change = change["recv_ns"]
+    assert not [r for r in rows if r["symbol"] == "XRP" and r["leg_kind"] == "entry"
+                and r["decision_ts_ns"] > t_change]
+    assert [r for r in rows if r["symbol"] == "LINK" and r["leg_kind"] == "entry"]
+    assert all(r["decision_ts_ns"] > t_change for r in rows if r["symbol"] == "LINK")
+
+    replay_src = open_source("replay", Settings.from_env(overrides={"topn_size": 2}), str(rec),
+                             None)
+    again = run_local(settings, replay_src, "replay", tmp_path / "logs2", None, 2,
+                      progress=False)
+    assert again["symbols"] == live["symbols"]
+    assert [comparable(r) for r in read_trade_log(again["trade_log_path"])] == \
+        [comparable(r) for r in rows]
+
+
+@pytest.mark.ray
+def test_topn_change_on_the_ray_engine_creates_the_joiners_actor_and_replays_the_same(tmp_path):
+    import dataclasses
+
+    from common.marketdata.record import read_topn_events
+
+    rec = tmp_path / "rec"
+    with FakeExchanges() as fakes:
+        env = trader_env(fakes)
+        env.update({"TOPN_REFRESH_S": "1"})
+
+        def promote():
+            fakes.assets = tuple(
+                dataclasses.replace(a, upbit_value_usd=5e10, binance_value_usd=5e10)
+                if a.symbol == "LINK" else a for a in fakes.assets)
+
+        timer = threading.Timer(25.0, promote)  # Ray start-up takes a while on 2 cores
+        timer.start()
+        try:
+            live = run_py(["--engine", "ray", "--data-source", "real", "--topn-size", "2",
+                           "--run-duration-seconds", "25", "--record-path", str(rec),
+                           "--kpi-output-path", str(tmp_path / "live.json"),
+                           "--log-dir", str(tmp_path / "logs"), "--quiet",
+                           "--namespace", "topn-test"], env, timeout=300)
+        finally:
+            timer.cancel()
+    assert live.returncode == 0, live.stderr[-3000:]
+    kpi = json.loads((tmp_path / "live.json").read_text())
+    changes = [e for e in read_topn_events(rec) if e.get("event") == "topn"][1:]
+    if not changes:
+        pytest.skip("the live run ended before the TopN refresh (machine too slow)")
+    assert kpi["symbols"] == ["BTC", "XRP", "LINK"]
+    rows = trade_rows(kpi)
+    t_change = changes[0]["recv_ns"]
+    assert not [r for r in rows if r["symbol"] == "XRP" and r["leg_kind"] == "entry"
+                and r["decision_ts_ns"] > t_change]
+    replay = run_py(["--engine", "local", "--data-source", "replay", "--replay-path", str(rec),
+                     "--kpi-output-path", str(tmp_path / "replay.json"),
+                     "--log-dir", str(tmp_path / "logs"), "--quiet"], env)
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    kpi2 = json.loads((tmp_path / "replay.json").read_text())
+    assert kpi2["symbols"] == kpi["symbols"]
+    assert [comparable(r) for r in trade_rows(kpi2)] == [comparable(r) for r in rows]

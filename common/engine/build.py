@@ -6,7 +6,7 @@ Shared by the local and the Ray engine so both build exactly the same things.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,7 +17,7 @@ from common.execution.executor import LatencyConfig
 from common.fill.models import FillModelConfig
 from common.marketdata.batch import BookBatch, SymbolTable
 from common.marketdata.mock import MOCK_UNIVERSE, MockConfig, MockMarket, mock_universe_topn
-from common.marketdata.record import recorded_symbols
+from common.marketdata.record import read_topn_events, recorded_symbols
 from common.marketdata.replay import DataSourceError, ReplaySource, scan_symbols
 from common.marketdata.validate import BookValidator, count_reasons
 from common.portfolio.state import FeeSchedule
@@ -84,9 +84,31 @@ class MarketSource:
     _batches: Iterator[tuple[BookBatch, dict[str, int]]]
     description: str
     duration_s: float | None
+    #: polled before every batch: TopN membership changes (event time, members) since last asked
+    universe_events: Callable[[], list[tuple[int, list[str]]]] | None = None
+    #: told when a symbol that left TopN is flat and drained (the live source stops streaming it)
+    on_drained: Callable[[str], None] | None = None
 
     def batches(self) -> Iterator[tuple[BookBatch, dict[str, int]]]:
         return self._batches
+
+
+def topn_membership(events: list[dict]) -> list[tuple[int, list[str]]]:
+    """The membership changes among live-source / recording events, in order."""
+    return [(int(ev["recv_ns"]), [str(x) for x in ev["members"]]) for ev in events
+            if ev.get("event") == "topn" and "members" in ev]
+
+
+def _event_poller(events: list[dict]) -> Callable[[], list[tuple[int, list[str]]]]:
+    """Hands out the membership changes appended to ``events`` since the last call."""
+    seen = 0
+
+    def poll() -> list[tuple[int, list[str]]]:
+        nonlocal seen
+        new, seen = events[seen:], len(events)
+        return topn_membership(new)
+
+    return poll
 
 
 def open_source(kind: str, s: Settings, replay_path: str | None,
@@ -109,6 +131,7 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
         if not replay_path:
             raise DataSourceError("--replay-path is required with --data-source replay")
         ranked = scan_symbols(replay_path)
+        changes: list[tuple[int, list[str]]] = []
         if s.symbols:
             symbols = [x for x in s.symbols if x not in s.symbol_deny]
             missing = [x for x in symbols if x not in ranked]
@@ -117,18 +140,29 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                                       f"{replay_path}")
         elif (recorded := recorded_symbols(replay_path)) is not None:
             symbols = recorded  # a live recording: trade the universe the live run traded
+            changes = topn_membership(read_topn_events(replay_path))
         else:
             symbols = [x for x in ranked if x not in s.symbol_deny][: s.topn_size]
         if not symbols:
             raise DataSourceError(f"{replay_path}: no symbol has books on both upbit and binance")
         symtab = SymbolTable()
-        src = ReplaySource(replay_path, symtab, batch_rows=s.batch_rows, symbols=set(symbols))
+        # a recording's later TopN changes apply at their recorded times, as they did live
+        wanted = set(symbols).union(*(m for _, m in changes)) if changes else set(symbols)
+        src = ReplaySource(replay_path, symtab, batch_rows=s.batch_rows, symbols=wanted)
         gen = src.batches()
         if duration_s is not None:
             gen = _limit_duration(gen, duration_s)
+        pending = list(changes)
+
+        def recorded_changes() -> list[tuple[int, list[str]]]:
+            out = list(pending)
+            pending.clear()
+            return out
+
         return MarketSource("replay", symbols, symtab, gen,
                             f"replay of {replay_path} ({src.rows_total} rows), "
-                            f"{len(symbols)} symbols", duration_s)
+                            f"{len(symbols)} symbols", duration_s,
+                            universe_events=recorded_changes if changes else None)
     if kind == "real":
         from common.marketdata.live import open_live
 
@@ -139,7 +173,8 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                             f"live Upbit + Binance books, {len(live.symbols)} symbols ({how}; "
                             f"USDT/KRW {sel.fx_krw:,.2f})"
                             + (f", recording to {record_path}" if record_path else ""),
-                            duration_s)
+                            duration_s, universe_events=_event_poller(live.topn_events),
+                            on_drained=live.release)
     raise DataSourceError(f"--data-source: unknown source {kind!r} (choose from "
                           f"{', '.join(DATA_SOURCES)})")
 

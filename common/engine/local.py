@@ -64,9 +64,11 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
               universe_events: Callable[[], list[tuple[int, list[str]]]] | None = None) -> dict:
     """Run the whole paper session in this process; returns the KPI report (also written).
 
-    ``universe_events``: polled before every batch for TopN membership changes
-    ``(event time, members)``; each applies at exactly its event time.
+    ``universe_events`` (default: the source's): polled before every batch for TopN membership
+    changes ``(event time, members)``; each applies at exactly its event time.
     """
+    if universe_events is None:
+        universe_events = source.universe_events
     t0 = time.perf_counter()
     symtab = source.symtab
     symbol_ids = {s: symtab.id_of(s) for s in source.symbols}
@@ -98,6 +100,9 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
                 port.ingest(vb, symbol_ids, fx_id)
                 rows = coord.process_batch(vb.top, wall)
                 trade_log.log_rows(rows)
+                for name in coord.take_drained():
+                    if source.on_drained is not None:
+                        source.on_drained(name)
                 bar.update(coord, kpi, trade_log.rows_written)
         finally:
             trade_log.log_rows(coord.finish())
