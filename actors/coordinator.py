@@ -22,6 +22,12 @@ from common.settings import Settings
 from common.strategy.signals import TopBatch
 from common.types import BINANCE, UPBIT
 
+#: trade rows and KPI calls go to their actors at most this often (and at the end)
+SHIP_EVERY_S = 0.25
+#: a snapshot needs this many rows or seconds since the last one, besides the batch count
+SNAPSHOT_MIN_ROWS = 200_000
+SNAPSHOT_MIN_WALL_S = 5.0
+
 
 @ray.remote
 class Coordinator:
@@ -32,6 +38,9 @@ class Coordinator:
         self._sink_refs: list = []
         self.batches = 0
         self.sink_calls = 0
+        self._rows_buf: list[dict] = []
+        self._last_ship = time.monotonic()
+        self._since_snapshot = (0, 0, time.monotonic())  # batches, rows, wall
 
     def run_id(self) -> str:
         return self.run_id_
@@ -53,19 +62,18 @@ class Coordinator:
         self.port.start()
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
-    def process(self, top: TopBatch, refs: dict[str, object], watermark_ns: int, rows_in: int,
+    def process(self, top: TopBatch, parts_ref: list, watermark_ns: int, rows_in: int,
                 rejected: dict[str, int], sent_time_ns: int) -> dict:
         """One batch: ingest everywhere, walk the top of book, ship rows and KPI calls."""
         # the core measures tick-to-fill on this process's perf counter; start it when the feed
         # sent the batch, so time spent queued counts
         wall = time.perf_counter_ns() - max(0, time.time_ns() - sent_time_ns)
         self.kpi.add_events(rows_in, rejected)
-        self.port.ingest(refs, watermark_ns)
+        self.port.ingest(parts_ref[0], watermark_ns, rows_in)
         rows = self.core.process_batch(top, wall)
         self._ship(rows)
         self.batches += 1
-        if self.batches % self.settings.snapshot_every_chunks == 0:
-            self.port.snapshot_all()
+        self._maybe_snapshot(rows_in)
         status = self.status()
         if self.metrics is not None:
             self.metrics.record_batch(top, rows_in, rejected, rows, status)
@@ -83,7 +91,7 @@ class Coordinator:
     def finish(self) -> dict:
         """End of data (or a stop): settle everything pending, ship it, wait for the sinks."""
         rows = self.core.finish()
-        self._ship(rows)
+        self._ship(rows, force=True)
         self.port.check()
         ray.get(self._sink_refs)
         self._sink_refs = []
@@ -114,9 +122,29 @@ class Coordinator:
                          "pnl_usd": float(st.pnl_sampled), "status": st.status}
         return {"clock_ns": int(self.core.clock_ns), "symbols": out}
 
-    def _ship(self, rows: list[dict]) -> None:
-        if rows:
-            self._sink_refs.append(self.trade_logger.log_rows.remote(rows))
+    def _maybe_snapshot(self, rows_in: int) -> None:
+        """Snapshot every SNAPSHOT_EVERY_CHUNKS batches, but not more often than a large batch's
+        worth of rows or a few seconds: live batches of a row or two must not snapshot 20 actors
+        many times a second."""
+        b, r, t0 = self._since_snapshot
+        b, r = b + 1, r + rows_in
+        if b >= self.settings.snapshot_every_chunks and (
+                r >= SNAPSHOT_MIN_ROWS or time.monotonic() - t0 >= SNAPSHOT_MIN_WALL_S):
+            self.port.snapshot_all()
+            b, r, t0 = 0, 0, time.monotonic()
+        self._since_snapshot = (b, r, t0)
+
+    def _ship(self, rows: list[dict], force: bool = False) -> None:
+        """Send trade rows and KPI calls to their actors: at most every SHIP_EVERY_S (live
+        batches are tiny), at once when many rows wait, and always at the end."""
+        self._rows_buf.extend(rows)
+        now = time.monotonic()
+        if not force and now - self._last_ship < SHIP_EVERY_S and len(self._rows_buf) < 1000:
+            return
+        self._last_ship = now
+        if self._rows_buf:
+            self._sink_refs.append(self.trade_logger.log_rows.remote(self._rows_buf))
+            self._rows_buf = []
             self.sink_calls += 1
         ref = self.kpi.flush()
         if ref is not None:

@@ -1,6 +1,7 @@
 """The coordinator's ExecutionPort over SymbolActor handles, with snapshots and replay.
 
-Every call to a symbol actor comes from here, in order, numbered. ``submit`` and ``ingest`` are
+Every call to a symbol actor comes from here, in order, numbered. Batches are queued and sent
+lazily (one call for many batches, before anything needs them); ``submit`` and ``ingest_many`` are
 fire-and-forget; ``collect`` gathers all the symbols settling at one chunk boundary in one wait
 round. The port keeps, per symbol, the last snapshot and every call made since; when an actor died
 (``RayActorError``/``ActorUnavailableError``) or came back empty (``NotRestored``) it restores the
@@ -22,6 +23,10 @@ from common.types import ExecutionResult, Trade
 
 #: how long recovery keeps waiting for a restarted actor before giving up on the run
 RECOVERY_TIMEOUT_S = 600.0
+#: batches (or rows) queued for a symbol actor before they are sent although nothing needs them
+#: yet: bounds what the object store holds on to
+MAX_BACKLOG = 64
+MAX_BACKLOG_ROWS = 262_144
 
 
 def _recoverable(exc: BaseException) -> bool:
@@ -41,6 +46,8 @@ class _Link:
     seq: int = 0
     calls: list = field(default_factory=list)  # (seq, method, args) since the snapshot
     unchecked: list = field(default_factory=list)  # refs of fire-and-forget calls
+    backlog: list = field(default_factory=list)  # (parts ref, watermark) not yet sent
+    backlog_rows: int = 0
 
 
 class RayExecutionPort:
@@ -66,16 +73,35 @@ class RayExecutionPort:
         link.snapshot = ray.get(handle.start.remote())
         self.calls_sent += 1
 
-    def ingest(self, refs: dict[str, object], watermark_ns: int) -> None:
-        """Each symbol actor takes its rows of the next batch (an ObjectRef the feed put)."""
-        for s, link in self.links.items():
-            link.unchecked.append(self._send(link, "ingest", (refs[s], watermark_ns)))
+    def ingest(self, parts_ref, watermark_ns: int, rows: int = 0) -> None:
+        """Queue the next batch (one ObjectRef of every symbol's rows) for every symbol actor.
+
+        Batches are sent lazily, in order, in one call per actor: right before anything that
+        needs them (a submit, a collect, a snapshot) or once ``MAX_BACKLOG`` have queued up. The
+        executor sees exactly the same sequence of ingests as if each had been sent at once, so
+        results do not change, but a quiet symbol costs no call per batch.
+        """
+        for link in self.links.values():
+            link.backlog.append((parts_ref, watermark_ns))
+            link.backlog_rows += rows
+            if len(link.backlog) >= MAX_BACKLOG or link.backlog_rows >= MAX_BACKLOG_ROWS:
+                self._flush(link)
+
+    def _flush(self, link: _Link) -> None:
+        if link.backlog:
+            watermarks = [w for _, w in link.backlog]
+            refs = [r for r, _ in link.backlog]
+            link.backlog, link.backlog_rows = [], 0
+            link.unchecked.append(self._send(link, "ingest_many", (watermarks, *refs)))
 
     def submit(self, symbol: str, trades: list[Trade]) -> None:
         link = self.links[symbol]
+        self._flush(link)
         link.unchecked.append(self._send(link, "submit", (trades,)))
 
     def collect(self, symbols: list[str], up_to_ns: int) -> dict[str, list[ExecutionResult]]:
+        for s in symbols:
+            self._flush(self.links[s])
         refs = {s: self._send(self.links[s], "collect", (up_to_ns,)) for s in symbols}
         ray.wait(list(refs.values()), num_returns=len(refs))
         out: dict[str, list[ExecutionResult]] = {}
@@ -90,6 +116,8 @@ class RayExecutionPort:
 
     def snapshot_all(self) -> None:
         """Take every actor's snapshot (one wait round) and forget the calls it covers."""
+        for link in self.links.values():
+            self._flush(link)
         self.check()
         pending = {s: link.handle.snapshot.remote() for s, link in self.links.items()}
         self.calls_sent += len(pending)

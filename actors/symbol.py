@@ -48,6 +48,12 @@ class SymbolExecutorShell:
         self._step(seq)
         self.executor.ingest(batch, watermark_ns)
 
+    def ingest_many(self, seq: int, watermarks: list[int], *parts: dict[str, BookBatch]) -> None:
+        """Several batches in order; each part holds every symbol's rows, this actor takes its own."""
+        self._step(seq)
+        for wm, part in zip(watermarks, parts, strict=True):
+            self.executor.ingest(part[self.symbol], wm)
+
     def submit(self, seq: int, trades: list[Trade]) -> None:
         self._step(seq)
         self.executor.submit(trades)

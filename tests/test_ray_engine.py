@@ -180,8 +180,7 @@ def test_kill_during_snapshot_with_the_port_driven_here(tmp_path):
         for k, (batch, pre) in enumerate(x for x in src.batches() if len(x[0])):
             vb = validate_batch(validator, batch, pre)
             kpi.add_events(vb.rows_in, vb.rejected)
-            refs = {x: ray.put(part) for x, part in split_rows(vb, ids, src.symtab.fx_id).items()}
-            port.ingest(refs, vb.top.start_ns)
+            port.ingest(ray.put(split_rows(vb, ids, src.symtab.fx_id)), vb.top.start_ns)
             rows += core.process_batch(vb.top)
             if (k + 1) % s.snapshot_every_chunks == 0:
                 port.snapshot_all()
