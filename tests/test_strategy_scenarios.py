@@ -194,3 +194,12 @@ def test_topn_leaver_exits_only_until_flat_and_a_joiner_trades_after_warm_up():
     assert eth and eth[0]["leg_kind"] == "entry"
     assert eth[0]["decision_ts_ns"] == T0 + round(110.2 * S)
     assert rep["symbols"] == ["BTC", "ETH"] and rep["round_trips_completed"] == 2
+
+
+@pytest.mark.parametrize("batch_rows", [7, 1000])
+def test_a_queued_entry_is_dropped_when_the_symbol_leaves_topn_first(batch_rows):
+    # BTC's entry signal is at 30.2; BTC leaves TopN at 30.1, after the decision point was
+    # queued in a large batch but before it is reached: no entry, whatever the batch size
+    rows = premium_rows("BTC", [(0, 0.02), (30, 0.03), (60, 0.02)], end_s=120)
+    rep, log = run_rows(rows, ["BTC"], batch_rows=batch_rows, universe=[(30.1, [])])
+    assert log == [] and rep["trades_executed"] == 0

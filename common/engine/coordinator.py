@@ -111,6 +111,7 @@ class SymbolState:
     cursor: int = 0  # last processed index into this batch's frame
     pnl_sampled: float = 0.0
     wall_at_decision: dict = field(default_factory=dict)
+    idle_frame: SymbolFrame | None = None  # reused while the symbol has no new events
 
 
 class CoordinatorCore:
@@ -158,11 +159,16 @@ class CoordinatorCore:
             self.fx_first = float(self._fx_mid[np.isfinite(self._fx_mid)][0])
         heap: list[tuple] = []
         for st in self.symbols.values():
-            frame = SymbolFrame(top, top.rows_of(st.sid), st.carry, self._fx_t, self._fx_mid,
-                                self.cfg.strategy)
+            mine = top.rows_of(st.sid)
+            if mine.size == 0 and st.idle_frame is not None and st.idle_frame.carry_in is st.carry:
+                frame = st.idle_frame  # no event since the last idle batch: nothing changed
+            else:
+                frame = SymbolFrame(top, mine, st.carry, self._fx_t, self._fx_mid,
+                                    self.cfg.strategy)
+                self._frame_signals(st, frame)
+                st.idle_frame = frame if mine.size == 0 else None
             self._frames[st.name] = frame
             st.cursor = 0
-            self._frame_signals(st, frame)
             self._fund_if_ready(st, frame)
             if st.pending:
                 if st.settle_at <= top.end_ns:
@@ -200,8 +206,9 @@ class CoordinatorCore:
 
         for st in self.symbols.values():
             frame = self._frames[st.name]
-            st.carry = frame.carry()
-            st.cand_prev = bool(frame.cand[-1]) if len(frame) else st.cand_prev
+            if len(frame) > 1:  # a frame of the carry alone leaves the carry as it was
+                st.carry = frame.carry()
+                st.cand_prev = bool(frame.cand[-1])
         if self._fx_t.size:
             self.fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
         self.clock_ns = max(self.clock_ns, top.end_ns)
@@ -398,6 +405,10 @@ class CoordinatorCore:
         frame = self._frames[st.name]
         st.cursor = i
         t = int(frame.t[i])
+        if st.status == FLAT and not st.active:
+            # it left TopN after this decision point was queued: no entry, only the drain
+            self._drain(st)
+            return
         if st.status == FLAT:
             self._decide_entry(st, frame, i, t)
         else:
