@@ -150,10 +150,13 @@ class BookValidator:
         acc = np.flatnonzero(accepted)
         if acc.shape[0]:
             key = batch.venue[acc].astype(np.int64) * n_sym + batch.sym[acc]
-            # accepted ts never decrease within a stream, so the last one is the maximum
-            rev_keys, rev_first = np.unique(key[::-1], return_index=True)
-            last_rows = acc[::-1][rev_first]
-            for k, row in zip(rev_keys.tolist(), last_rows.tolist(), strict=True):
+            # accepted ts never decrease within a stream, so the last one is the maximum; a
+            # stable 16-bit sort (radix, linear) groups the streams keeping row order
+            order = np.argsort(key.astype(np.int16) if key.max() < 32768 else key, kind="stable")
+            ks = key[order]
+            ends = np.flatnonzero(np.append(ks[1:] != ks[:-1], True))
+            last_rows = acc[order[ends]]
+            for k, row in zip(ks[ends].tolist(), last_rows.tolist(), strict=True):
                 self._last_ts[(k // n_sym, batch.symbols[k % n_sym])] = int(ts[row])
         return codes
 
