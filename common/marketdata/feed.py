@@ -9,6 +9,8 @@ after 24 h). Pings are answered by aiohttp (``autoping``); the heartbeat detects
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import time
 from typing import Protocol
@@ -38,7 +40,7 @@ class FeedSink(Protocol):
     def on_gap(self, venue: int, what: str) -> None: ...
 
 
-class WsFeed:
+class WsFeed(abc.ABC):
     """Base class: subclasses give the URL, the opening handshake and the frame handler."""
 
     venue: int = -1
@@ -63,14 +65,16 @@ class WsFeed:
         return VENUE_NAMES[self.venue]
 
     # -- subclass hooks ----------------------------------------------------------------------
+    @abc.abstractmethod
     def url(self) -> str:
-        raise NotImplementedError
+        """The WebSocket URL for the current symbols."""
 
     async def on_open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Subscribe / start the resync after a (re)connect."""
 
+    @abc.abstractmethod
     def on_frame(self, data: bytes | str, recv_ns: int) -> None:
-        raise NotImplementedError
+        """Parse one received frame and hand its rows to the sink."""
 
     def on_close(self) -> None:
         """Forget the connection's state (books, buffers)."""

@@ -108,6 +108,7 @@ class SymbolFrame:
     def __init__(self, top: TopBatch, mine: np.ndarray, carry: CarryState,
                  fx_t: np.ndarray, fx_mid: np.ndarray, cfg: StrategyConfig) -> None:
         """``mine``: this symbol's rows of ``top``, ascending."""
+        self.carry_in = carry
         venue = top.venue[mine]
         t = np.concatenate(([carry.t], top.recv_ns[mine]))
         self.t = t
