@@ -10,7 +10,6 @@ after 24 h). Pings are answered by aiohttp (``autoping``); the heartbeat detects
 from __future__ import annotations
 
 import abc
-
 import asyncio
 import time
 from typing import Protocol
@@ -69,14 +68,14 @@ class WsFeed(abc.ABC):
     def url(self) -> str:
         """The WebSocket URL for the current symbols."""
 
-    async def on_open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def on_open(self, ws: aiohttp.ClientWebSocketResponse) -> None:  # noqa: B027 (optional)
         """Subscribe / start the resync after a (re)connect."""
 
     @abc.abstractmethod
     def on_frame(self, data: bytes | str, recv_ns: int) -> None:
         """Parse one received frame and hand its rows to the sink."""
 
-    def on_close(self) -> None:
+    def on_close(self) -> None:  # noqa: B027 (an optional hook)
         """Forget the connection's state (books, buffers)."""
 
     # -- control -----------------------------------------------------------------------------
