@@ -159,7 +159,7 @@ class PaperExecutor:
         """Take this symbol's validated rows (both venues, plus FX rows) of the next batch.
 
         ``rows``: the indices of the batch's rows meant for this executor (valid rows of its
-        symbol and of the FX book); None means every row of ``batch``. ``watermark_ns`` is the
+        symbol and of the FX book, each group ascending); None means every row of ``batch``. ``watermark_ns`` is the
         engine clock at the start of the batch: every leg arriving before it is filled now
         against the books it can see, before they are replaced.
         """

@@ -57,9 +57,12 @@ def _row_any(flag: np.ndarray, off: np.ndarray) -> np.ndarray:
     offsets: far cheaper than a cumulative count over every level (and, unlike
     ``np.logical_or.reduceat``, right for empty segments).
     """
-    n = off.shape[0] - 1
-    out = np.zeros(n, dtype=bool)
-    pos = np.flatnonzero(flag)
+    return _row_any_at(np.flatnonzero(flag), off)
+
+
+def _row_any_at(pos: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Per row: does any of the flat positions ``pos`` fall in its segment."""
+    out = np.zeros(off.shape[0] - 1, dtype=bool)
     if pos.shape[0]:
         out[np.searchsorted(off, pos, side="right") - 1] = True
     return out
@@ -70,8 +73,18 @@ def _side_flags(px: np.ndarray, sz: np.ndarray, off: np.ndarray, bids: bool):
     sz, _ = _compact(sz, off)
     px, off = _compact(px, off)
     with np.errstate(invalid="ignore"):
-        non_finite = _row_any(~(np.isfinite(px) & np.isfinite(sz)), off)
-        non_positive = _row_any((px <= 0) | (sz <= 0), off)
+        # one pass finds every suspicious level (NaN, inf, zero or negative: ``0 < x < inf`` is
+        # False for all of them); the reasons are then sorted out on those few levels only
+        ok = (px > 0) & (px < np.inf) & (sz > 0) & (sz < np.inf)
+        if ok.all():
+            n = off.shape[0] - 1
+            non_finite = non_positive = np.zeros(n, dtype=bool)
+        else:
+            pos = np.flatnonzero(~ok)
+            bp, bs = px[pos], sz[pos]
+            fin = np.isfinite(bp) & np.isfinite(bs)
+            non_finite = _row_any_at(pos[~fin], off)
+            non_positive = _row_any_at(pos[(bp <= 0) | (bs <= 0)], off)
         m = px.shape[0]
         pair_bad = np.zeros(m, dtype=bool)
         if m > 1:
