@@ -46,7 +46,7 @@ class Coordinator:
         return self.run_id_
 
     def setup(self, settings: Settings, symbols: list[str], symbol_ids: dict[str, int],
-              fx_id: int, top_n: int, handles: dict[str, object], trade_logger, kpi,
+              fx_id: int, handles: dict[str, object], trade_logger, kpi,
               monitoring: bool) -> dict:
         """Wire the core to the actors and take every symbol actor's initial snapshot."""
         self.settings = settings
@@ -54,7 +54,7 @@ class Coordinator:
         self.kpi = KpiProxy(kpi)
         self.trade_logger = trade_logger
         self.core = CoordinatorCore(coordinator_config(settings), symbols, symbol_ids, fx_id,
-                                    self.port, self.kpi, session_id=self.run_id_, top_n=top_n)
+                                    self.port, self.kpi, session_id=self.run_id_)
         if monitoring:
             from actors.metrics import ArbMetrics
 

@@ -330,7 +330,7 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
         handles[KPI] = kpi
     except ValueError:
         raise _already_there(ns, _existing_run(ns), f"actor '{TRADE_LOGGER}' or '{KPI}'") from None
-    ray.get(coord.setup.remote(settings, symbols, symbol_ids, fx_id, top_n, sym_handles, tlog,
+    ray.get(coord.setup.remote(settings, symbols, symbol_ids, fx_id, sym_handles, tlog,
                                kpi, opts.monitoring))
     startup_s = time.perf_counter() - t0
     logger.info("run {}: Ray engine, {} symbol actors, namespace '{}', {} (started in {:.1f} s)",

@@ -103,7 +103,7 @@ def run_once(symbols: int, rate_hz: float, seconds: float) -> dict:
         port = ProbedExecution(s, names)
         kpi = KpiAccumulator()
         coord = CoordinatorCore(coordinator_config(s), names, ids, src.symtab.fx_id, port, kpi,
-                                session_id="bench", top_n=symbols)
+                                session_id="bench")
         validator = BookValidator()
         feed: list[int] = []
         engine: list[int] = []  # engine time per batch: validate + executors + coordinator

@@ -173,7 +173,7 @@ def test_kill_during_snapshot_with_the_port_driven_here(tmp_path):
     port.start()
     kpi = KpiAccumulator()
     core = CoordinatorCore(coordinator_config(s), src.symbols, ids, src.symtab.fx_id, port, kpi,
-                           session_id="port", top_n=4)
+                           session_id="port")
     validator = BookValidator()
     rows = []
     try:

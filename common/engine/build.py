@@ -131,6 +131,7 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
         if not replay_path:
             raise DataSourceError("--replay-path is required with --data-source replay")
         ranked = scan_symbols(replay_path)
+        events: list[dict] = []
         changes: list[tuple[int, list[str]]] = []
         if s.symbols:
             symbols = [x for x in s.symbols if x not in s.symbol_deny]
@@ -140,7 +141,8 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                                       f"{replay_path}")
         elif (recorded := recorded_symbols(replay_path)) is not None:
             symbols = recorded  # a live recording: trade the universe the live run traded
-            changes = topn_membership(read_topn_events(replay_path))
+            events = read_topn_events(replay_path)
+            changes = topn_membership(events)
         else:
             symbols = [x for x in ranked if x not in s.symbol_deny][: s.topn_size]
         if not symbols:
@@ -152,17 +154,10 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
         gen = src.batches()
         if duration_s is not None:
             gen = _limit_duration(gen, duration_s)
-        pending = list(changes)
-
-        def recorded_changes() -> list[tuple[int, list[str]]]:
-            out = list(pending)
-            pending.clear()
-            return out
-
         return MarketSource("replay", symbols, symtab, gen,
                             f"replay of {replay_path} ({src.rows_total} rows), "
                             f"{len(symbols)} symbols", duration_s,
-                            universe_events=recorded_changes if changes else None)
+                            universe_events=_event_poller(events) if changes else None)
     if kind == "real":
         from common.marketdata.live import open_live
 

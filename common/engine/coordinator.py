@@ -78,7 +78,6 @@ class RoundTrip:
     opened_ns: int
     start_mark_usd: float
     cash_usd: float = 0.0
-    fees_usd: float = 0.0
     notional_usd: float = 0.0
 
 
@@ -103,7 +102,6 @@ class SymbolState:
     pending: list = field(default_factory=list)  # trades awaiting settlement
     reservations: list = field(default_factory=list)  # (venue, asset, amount)
     settle_at: int = -1
-    last_leg_kind: str = ""
     hedge_attempts: int = 0
     rearm: bool = False  # after a refusal, wait for a fresh crossing before trying again
     active: bool = True  # in TopN: may enter; out of it the symbol only exits until flat
@@ -118,13 +116,11 @@ class CoordinatorCore:
     """Decides every trade. Feed it ``TopBatch``es in order; it calls the port and emits rows."""
 
     def __init__(self, cfg: CoordinatorConfig, symbols: list[str], symbol_ids: dict[str, int],
-                 fx_id: int, port: ExecutionPort, kpi: KpiAccumulator, session_id: str,
-                 top_n: int) -> None:
+                 fx_id: int, port: ExecutionPort, kpi: KpiAccumulator, session_id: str) -> None:
         self.cfg = cfg
         self.port = port
         self.kpi = kpi
         self.session_id = session_id
-        self.top_n = top_n
         self.fx_id = fx_id
         self.portfolio = PortfolioState()
         self.portfolio.fund("upbit", "KRW", cfg.initial_krw)
@@ -146,6 +142,7 @@ class CoordinatorCore:
         self._fx_mid = np.full(1, np.nan)
         self.rows_out: list[dict] = []
         self._universe: list[tuple[int, frozenset[str]]] = []  # scheduled membership changes
+        self._universe_due: dict[int, frozenset[str]] = {}  # pushed on this batch's heap
         self.drained_out: list[str] = []  # symbols drained since the engine last asked
 
     # ------------------------------------------------------------------------------------------
@@ -175,9 +172,12 @@ class CoordinatorCore:
                     heapq.heappush(heap, (st.settle_at, _SETTLE, -1, st.name))
             else:
                 self._push_next(heap, st)
+        self._universe_due = {}
         while self._universe and self._universe[0][0] <= top.end_ns:
             t_u, members = self._universe.pop(0)
-            heapq.heappush(heap, (t_u, _UNIVERSE, -1, ",".join(sorted(members))))
+            k = len(self._universe_due)  # orders changes at the same instant as scheduled
+            self._universe_due[k] = members
+            heapq.heappush(heap, (t_u, _UNIVERSE, k, ""))
         if self.next_mark_ns < 0 and len(top):
             self.next_mark_ns = self._grid_after(int(top.recv_ns[0]))
         while 0 <= self.next_mark_ns <= top.end_ns:
@@ -197,7 +197,7 @@ class CoordinatorCore:
             elif kind == _MARK:
                 self._sample_equity(t, list(self.symbols))
             elif kind == _UNIVERSE:
-                self._apply_universe(frozenset(name.split(",")) if name else frozenset(), heap)
+                self._apply_universe(self._universe_due.pop(row), heap)
             else:
                 st = self.symbols[name]
                 if st.pending:
@@ -220,19 +220,16 @@ class CoordinatorCore:
         """TopN becomes ``members`` at event time ``t_ns``.
 
         A symbol that leaves goes exit-only until flat, then is drained (see ``take_drained``);
-        one that joins may trade once its books, FX and warm-up allow. Returns the symbols that
-        need an executor from now on (new ones, and drained ones coming back), so the engine can
-        create it before the next batch reaches it.
+        one that joins may trade once its books, FX and warm-up allow. Returns the symbols new to
+        the run, which need an executor before the next batch reaches them (a drained symbol
+        keeps its executor, so one coming back needs none).
         """
         need = []
         for name in members:
-            st = self.symbols.get(name)
-            if st is None:
+            if name not in self.symbols:
                 self.symbols[name] = SymbolState(name, symbol_ids[name],
                                                  LatencyModel(self.cfg.latency, self.cfg.seed, name),
                                                  active=False)
-                need.append(name)
-            elif st.drained:
                 need.append(name)
         self._universe.append((int(t_ns), frozenset(members)))
         self._universe.sort(key=lambda u: u[0])
@@ -544,7 +541,6 @@ class CoordinatorCore:
         last = max(buy_arr, sell_arr)
         st.settle_at = (last // self._settle_ns + 1) * self._settle_ns
         st.pending = [trade]
-        st.last_leg_kind = kind
         st.wall_at_decision[trade.trade_id] = self._wall_recv
         self.kpi.add_sim_latency([(VENUE_NAMES[buy_v], buy_arr - t)] if buy_v >= 0 else [])
         self.kpi.add_sim_latency([(VENUE_NAMES[sell_v], sell_arr - t)] if sell_v >= 0 else [])

@@ -31,11 +31,15 @@ class LocalExecution:
     """The coordinator's ExecutionPort over in-process PaperExecutors (one per symbol)."""
 
     def __init__(self, settings: Settings, symbols: list[str]) -> None:
-        factory = ExecutorFactory(fee_schedule(settings), settings.seed)
-        cfg = fill_model_config(settings)
-        self.executors: dict[str, PaperExecutor] = {
-            s: factory.create_paper_executor(s, None, None, cfg) for s in symbols
-        }
+        self._factory = ExecutorFactory(fee_schedule(settings), settings.seed)
+        self._fill_cfg = fill_model_config(settings)
+        self.executors: dict[str, PaperExecutor] = self._factory.executors
+        for s in symbols:
+            self.add(s)
+
+    def add(self, symbol: str) -> None:
+        """An executor for a symbol (one that joined TopN included; kept if it had one)."""
+        self._factory.create_paper_executor(symbol, None, None, self._fill_cfg)
 
     def ingest(self, vb, symbol_ids: dict[str, int], fx_id: int) -> None:
         """Hand each executor its symbol's valid rows plus the FX rows (indices, no copies)."""
@@ -45,13 +49,6 @@ class LocalExecution:
             # no sort needed: each venue's rows and the FX rows stay ascending within their part
             rows = np.concatenate((valid[top.rows_of(symbol_ids[name])], fx_rows))
             ex.ingest(batch, top.start_ns, rows)
-
-    def add(self, symbol: str, settings: Settings) -> None:
-        """An executor for a symbol that joined TopN (kept if it had one before)."""
-        if symbol not in self.executors:
-            factory = ExecutorFactory(fee_schedule(settings), settings.seed)
-            self.executors[symbol] = factory.create_paper_executor(
-                symbol, None, None, fill_model_config(settings))
 
     def submit(self, symbol: str, trades: list[Trade]) -> None:
         self.executors[symbol].submit(trades)
@@ -77,7 +74,7 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     port = LocalExecution(settings, source.symbols)
     kpi = KpiAccumulator()
     coord = CoordinatorCore(coordinator_config(settings), source.symbols, symbol_ids, fx_id,
-                            port, kpi, session_id=run_id, top_n=top_n)
+                            port, kpi, session_id=run_id)
     trade_log = TradeLogger(log_dir, run_id, top_n)
     validator = BookValidator()
     bar = ProgressLine(source.duration_s, enabled=progress)
@@ -92,7 +89,7 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
                         for name in members:
                             symbol_ids.setdefault(name, symtab.id_of(name))
                         for name in coord.schedule_universe(t_ns, members, symbol_ids):
-                            port.add(name, settings)
+                            port.add(name)
                 if len(batch) == 0:
                     continue
                 wall = time.perf_counter_ns()

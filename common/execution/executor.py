@@ -159,9 +159,9 @@ class PaperExecutor:
         """Take this symbol's validated rows (both venues, plus FX rows) of the next batch.
 
         ``rows``: the indices of the batch's rows meant for this executor (valid rows of its
-        symbol and of the FX book, each group ascending); None means every row of ``batch``. ``watermark_ns`` is the
-        engine clock at the start of the batch: every leg arriving before it is filled now
-        against the books it can see, before they are replaced.
+        symbol and of the FX book, each group ascending); None means every row of ``batch``.
+        ``watermark_ns`` is the engine clock at the start of the batch: every leg arriving
+        before it is filled now against the books it can see, before they are replaced.
         """
         self._fill_pending(watermark_ns - 1)
         self._serial += 1
@@ -196,8 +196,8 @@ class PaperExecutor:
             })
 
     def collect(self, up_to_ns: int) -> list[ExecutionResult]:
-        """Fill every pending trade whose legs all arrived at or before ``up_to_ns``; return all
-        results completed since the last collect, in arrival order."""
+        """Fill every pending leg that arrived at or before ``up_to_ns``; return the trades
+        completed since the last collect (all their legs filled), in submission order."""
         self._fill_pending(up_to_ns)
         done, self._done = self._done, []
         return done
