@@ -239,3 +239,25 @@ def test_real_recorded_books_replay(tmp_path):
     assert hedge["leg_kind"] == "hedge" and hedge["sell_exchange"] == "binance"
     net = sum(r["coin_delta_upbit"] + r["coin_delta_binance"] for r in (entry, hedge))
     assert abs(net) < 0.1  # within one lot (BAT lot 0.1 from the 1 USD lot value)
+
+
+def test_rejects_of_a_batch_without_rows_are_counted(tmp_path):
+    """A live source ends with a batch of nothing but reject counts (frames dropped after the
+    last good book): they still reach events_processed and events_rejected."""
+    from common.engine.build import MarketSource
+    from common.marketdata.batch import BookBatch
+
+    settings = Settings.from_env(overrides={"topn_size": 3})
+    market = MockMarket(MockConfig(seed=7, symbols=("BTC", "ETH", "XRP")))
+    batches = list(market.batches(60.0, batch_rows=4096))
+    empty = BookBatch.concat([batches[0]]).take(np.zeros(0, dtype=np.int64))
+    tail = {"malformed": 3, "crossed": 2}
+    gen = [(b, {}) for b in batches] + [(empty, tail)]
+    rows = sum(len(b) for b in batches)
+    source = MarketSource("real", ["BTC", "ETH", "XRP"], market.symtab, iter(gen), "test", None)
+    rep = run_local(settings, source, "tail", tmp_path, None, 3, progress=False)
+    assert rep["events_processed"] == rows + 5
+    by_reason = rep["events_rejected_by_reason"]
+    assert by_reason["malformed"] == 3
+    assert by_reason["crossed"] >= 2  # plus any crossed mock books
+    assert rep["events_rejected"] == sum(by_reason.values())

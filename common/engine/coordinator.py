@@ -26,7 +26,14 @@ from common.portfolio.state import FeeSchedule, PortfolioState
 from common.reporting.kpi import KpiAccumulator
 from common.reporting.trade_log import build_row
 from common.risk.guard import LegNeed, RiskGuard, RiskLimits, floor_lot
-from common.strategy.signals import CarryState, StrategyConfig, SymbolFrame, TopBatch, fx_series
+from common.strategy.signals import (
+    CarryState,
+    StrategyConfig,
+    SymbolFrame,
+    TopBatch,
+    build_frames,
+    fx_series,
+)
 from common.types import (
     BINANCE,
     LEG_ENTRY,
@@ -155,16 +162,25 @@ class CoordinatorCore:
         if math.isnan(self.fx_first) and np.isfinite(self._fx_mid).any():
             self.fx_first = float(self._fx_mid[np.isfinite(self._fx_mid)][0])
         heap: list[tuple] = []
+        # new frames for every symbol with events (or a changed carry), built together
+        todo = []
         for st in self.symbols.values():
             mine = top.rows_of(st.sid)
             if mine.size == 0 and st.idle_frame is not None and st.idle_frame.carry_in is st.carry:
-                frame = st.idle_frame  # no event since the last idle batch: nothing changed
+                self._frames[st.name] = st.idle_frame  # no event since the last idle batch
             else:
-                frame = SymbolFrame(top, mine, st.carry, self._fx_t, self._fx_mid,
-                                    self.cfg.strategy)
-                self._frame_signals(st, frame)
+                todo.append((st, mine))
+        if todo:
+            frames, no_fx = build_frames(top, [m for _, m in todo], [st.carry for st, _ in todo],
+                                         [st.cand_prev for st, _ in todo], self._fx_t,
+                                         self._fx_mid, self.cfg.strategy)
+            if no_fx:
+                self.kpi.add_skipped("no_fx", no_fx)
+            for (st, mine), frame in zip(todo, frames, strict=True):
                 st.idle_frame = frame if mine.size == 0 else None
-            self._frames[st.name] = frame
+                self._frames[st.name] = frame
+        for st in self.symbols.values():
+            frame = self._frames[st.name]
             st.cursor = 0
             self._fund_if_ready(st, frame)
             if st.pending:
@@ -320,27 +336,6 @@ class CoordinatorCore:
             if math.isfinite(p1):
                 total += qty * (p1 - p0)
         return total
-
-    # -- per-batch vectorised signals ------------------------------------------------------------
-    def _frame_signals(self, st: SymbolState, frame: SymbolFrame) -> None:
-        dev_sell_u = frame.p_sell_u - frame.level  # upbit rich: sell upbit, buy binance
-        dev_buy_u = frame.level - frame.p_buy_u  # upbit cheap: buy upbit, sell binance
-        with np.errstate(invalid="ignore"):
-            cand = frame.warm & ((dev_sell_u > self._thr) | (dev_buy_u > self._thr))
-        cand[0] = st.cand_prev
-        frame.cand = cand
-        frame.dev_sell_u = dev_sell_u
-        frame.dev_buy_u = dev_buy_u
-        # events that had both books but no FX cannot be evaluated: count them, never trade them
-        no_fx = np.isfinite(frame.u_bid[1:]) & np.isfinite(frame.b_bid[1:]) & ~np.isfinite(frame.fx[1:])
-        if no_fx.any():
-            self.kpi.add_skipped("no_fx", int(no_fx.sum()))
-        idx = np.flatnonzero(cand)
-        frame.cand_idx = idx[idx > 0]
-        edge = cand.copy()
-        edge[1:] &= ~cand[:-1]
-        eidx = np.flatnonzero(edge)
-        frame.edge_idx = eidx[eidx > 0]
 
     def _fund_if_ready(self, st: SymbolState, frame: SymbolFrame) -> None:
         """Pre-fund the coin inventory at the first moment both books and FX are known."""

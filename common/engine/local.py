@@ -91,6 +91,10 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
                         for name in coord.schedule_universe(t_ns, members, symbol_ids):
                             port.add(name)
                 if len(batch) == 0:
+                    # a batch of nothing but rejects (e.g. the last malformed frames of a live
+                    # run) still counts them
+                    if pre_rejected:
+                        kpi.add_events(sum(pre_rejected.values()), pre_rejected)
                     continue
                 wall = time.perf_counter_ns()
                 vb = validate_batch(validator, batch, pre_rejected)

@@ -1,10 +1,12 @@
-"""Premiums and signals over whole batches: as-of joins by searchsorted, a time-decayed EWMA level.
+"""Premiums and signals over whole batches: as-of joins, a time-decayed EWMA level, entry signals.
 
-Everything here is vectorised per symbol and batch. A ``SymbolFrame`` holds, for one symbol and
-one batch, every event of the symbol (a book update on either venue) with the as-of top of book of
-both venues and the FX mid, the mid premium, its EWMA level and the two executable premiums. Index
-0 of every array is the carried state from the previous batch, so an as-of lookup never falls off
-the front.
+A ``SymbolFrame`` holds, for one symbol and one batch, every event of the symbol (a book update
+on either venue) with the as-of top of book of both venues and the FX mid, the mid premium, its
+EWMA level, the two executable premiums and the entry signals. Index 0 of every array is the
+carried state from the previous batch, so an as-of lookup never falls off the front.
+``build_frames`` computes the frames of all symbols of a batch together, in one set of array
+operations over a flat array of every symbol's events: the fixed cost per batch does not grow with
+the number of symbols, which matters for live batches of one or a few books.
 """
 
 from __future__ import annotations
@@ -102,60 +104,253 @@ class CarryState:
 class SymbolFrame:
     """All of one symbol's events in one batch, element 0 being the carried state.
 
-    The coordinator attaches its per-batch signal arrays (``cand``, ``dev_sell_u``, ...) to it.
+    Frames are built for all symbols of a batch at once by ``build_frames``; a frame's arrays are
+    views into that batch's flat arrays. Besides the as-of books, FX, premiums and EWMA level, a
+    frame holds the entry signals: ``dev_sell_u``/``dev_buy_u`` (executable premium minus level,
+    each in the direction that pays), ``cand`` (warm and beyond the entry threshold),
+    ``cand_idx`` and ``edge_idx`` (indices > 0 of candidates and of fresh crossings).
     """
 
-    def __init__(self, top: TopBatch, mine: np.ndarray, carry: CarryState,
-                 fx_t: np.ndarray, fx_mid: np.ndarray, cfg: StrategyConfig) -> None:
-        """``mine``: this symbol's rows of ``top``, ascending."""
-        self.carry_in = carry
-        venue = top.venue[mine]
-        t = np.concatenate(([carry.t], top.recv_ns[mine]))
-        self.t = t
-        self.rows = np.concatenate(([-1], mine))
-        self.u_bid, self.u_ask = _asof_side(t, mine, venue == UPBIT, top, carry.u_bid, carry.u_ask)
-        self.b_bid, self.b_ask = _asof_side(t, mine, venue == BINANCE, top, carry.b_bid, carry.b_ask)
-        # FX as of each event: fx_t/fx_mid already carry the previous batch's last FX at index 0
-        k = np.searchsorted(fx_t, t, side="right") - 1
-        self.fx = np.where(k >= 0, fx_mid[np.maximum(k, 0)], np.nan)
-        self.fx[0] = carry.fx
-        u_mid = (self.u_bid + self.u_ask) * 0.5
-        b_mid = (self.b_bid + self.b_ask) * 0.5
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.p_mid = u_mid / (b_mid * self.fx) - 1.0
-            self.p_sell_u = self.u_bid / (self.b_ask * self.fx) - 1.0
-            self.p_buy_u = self.u_ask / (self.b_bid * self.fx) - 1.0
-        self.level, ewma = ewma_level(t, self.p_mid, carry.ewma, cfg.ewma_halflife_s)
-        first_t = ewma.first_t
-        warm_from = first_t + int(cfg.warmup_s * 1e9) if first_t >= 0 else np.iinfo(np.int64).max
-        self.warm = (t >= warm_from) & np.isfinite(self.level)
-        self._ewma_out = ewma
+    __slots__ = ("_flat", "_a", "_b", "carry_in", "_ewma_out", "_cuts")
+
+    def __init__(self, flat: dict, a: int, b: int, carry_in: CarryState, ewma_out: EwmaState,
+                 cuts: tuple) -> None:
+        self._flat, self._a, self._b = flat, a, b
+        self.carry_in = carry_in
+        self._ewma_out = ewma_out
+        self._cuts = cuts  # (cand_all, c0, c1, edge_all, e0, e1)
 
     def __len__(self) -> int:
-        return int(self.t.shape[0])
+        return self._b - self._a
+
+    @property
+    def cand_idx(self) -> np.ndarray:
+        c, c0, c1 = self._cuts[:3]
+        return c[c0:c1] - self._a
+
+    @property
+    def edge_idx(self) -> np.ndarray:
+        e, e0, e1 = self._cuts[3:]
+        return e[e0:e1] - self._a
 
     def asof(self, t_ns: int) -> int:
         """Index of the last event at or before ``t_ns`` (0 = the carried state)."""
         return max(0, int(np.searchsorted(self.t, t_ns, side="right")) - 1)
 
     def carry(self) -> CarryState:
-        i = len(self) - 1
+        f, i = self._flat, self._b - 1
         return CarryState(
-            t=int(self.t[i]), u_bid=float(self.u_bid[i]), u_ask=float(self.u_ask[i]),
-            b_bid=float(self.b_bid[i]), b_ask=float(self.b_ask[i]), fx=float(self.fx[i]),
+            t=int(f["t"][i]), u_bid=float(f["u_bid"][i]), u_ask=float(f["u_ask"][i]),
+            b_bid=float(f["b_bid"][i]), b_ask=float(f["b_ask"][i]), fx=float(f["fx"][i]),
             ewma=self._ewma_out,
         )
 
 
-def _asof_side(t, mine, is_venue, top, carry_bid, carry_ask):
-    """As-of best bid/ask of one venue at every event time in ``t`` (index 0 = carry)."""
-    rows = mine[is_venue]
-    vb = np.concatenate(([carry_bid], top.bid[rows]))
-    va = np.concatenate(([carry_ask], top.ask[rows]))
-    # the venue's own events are in order within t; position of the last venue row at or before
-    # each event: the running count of venue rows seen so far
-    k = np.concatenate(([0], np.cumsum(is_venue)))
-    return vb[k], va[k]
+_NEVER = int(np.iinfo(np.int64).max)
+_FRAME_ARRAYS = ("t", "rows", "u_bid", "u_ask", "b_bid", "b_ask", "fx", "p_mid", "p_sell_u",
+                 "p_buy_u", "level", "warm", "cand", "dev_sell_u", "dev_buy_u")
+
+
+def _frame_view(name: str) -> property:
+    def get(self: SymbolFrame) -> np.ndarray:
+        return self._flat[name][self._a:self._b]
+
+    get.__name__ = name
+    return property(get, doc=f"``{name}`` of this symbol's events (a view)")
+
+
+for _name in _FRAME_ARRAYS:
+    setattr(SymbolFrame, _name, _frame_view(_name))
+del _name
+
+
+def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryState],
+                 cand_prev: list[bool], fx_t: np.ndarray, fx_mid: np.ndarray,
+                 cfg: StrategyConfig) -> tuple[list[SymbolFrame], int]:
+    """The frames of several symbols of one batch, computed in one set of array operations.
+
+    ``mines[j]``: symbol j's rows of ``top`` (ascending); ``carries[j]``/``cand_prev[j]``: its
+    state after the previous batch; ``fx_t``/``fx_mid``: the FX series with the carried FX at
+    index 0. Every symbol's events sit in one flat array, each segment led by its carried state,
+    so as-of joins become one forward fill and the premiums, EWMA and signals run over all
+    symbols together: the cost per batch hardly grows with the number of symbols, which is what
+    a live feed of one or a few books per batch needs. The values are exactly those of a
+    per-symbol computation (same operations per element, sequential sums per segment).
+
+    Returns the frames and the number of events that had both books but no FX (never traded).
+    """
+    m = len(mines)
+    sizes = np.fromiter((x.shape[0] + 1 for x in mines), dtype=np.int64, count=m)
+    lo = np.zeros(m, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=lo[1:])
+    n = int(sizes.sum())
+    is_start = np.zeros(n, dtype=bool)
+    is_start[lo] = True
+    ev = ~is_start  # positions of events (not carries)
+    rows = np.full(n, -1, dtype=np.int64)
+    if n > m:
+        rows[ev] = np.concatenate(mines)
+    t = np.empty(n, dtype=np.int64)
+    t[ev] = top.recv_ns[rows[ev]]
+    t[lo] = [c.t for c in carries]
+    venue = np.full(n, -1, dtype=np.int8)
+    venue[ev] = top.venue[rows[ev]]
+    bid = np.empty(n)
+    ask = np.empty(n)
+    bid[ev] = top.bid[rows[ev]]
+    ask[ev] = top.ask[rows[ev]]
+    pos = np.arange(n)
+    out: dict[str, np.ndarray] = {"t": t, "rows": rows}
+    carry_books = {"u_bid": [c.u_bid for c in carries], "u_ask": [c.u_ask for c in carries],
+                   "b_bid": [c.b_bid for c in carries], "b_ask": [c.b_ask for c in carries]}
+    for v, b_name, a_name in ((UPBIT, "u_bid", "u_ask"), (BINANCE, "b_bid", "b_ask")):
+        # as of each event, the venue's last book in the segment (the carry leads every segment)
+        vb, va = bid.copy(), ask.copy()
+        vb[lo] = carry_books[b_name]
+        va[lo] = carry_books[a_name]
+        k = np.where(is_start | (venue == v), pos, 0)
+        np.maximum.accumulate(k, out=k)
+        out[b_name], out[a_name] = vb[k], va[k]
+    # FX as of each event: fx_t/fx_mid already carry the previous batch's last FX at index 0
+    k = np.searchsorted(fx_t, t, side="right") - 1
+    fx = np.where(k >= 0, fx_mid[np.maximum(k, 0)], np.nan)
+    fx[lo] = [c.fx for c in carries]
+    out["fx"] = fx
+    u_bid, u_ask, b_bid, b_ask = out["u_bid"], out["u_ask"], out["b_bid"], out["b_ask"]
+    u_mid = (u_bid + u_ask) * 0.5
+    b_mid = (b_bid + b_ask) * 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_mid = u_mid / (b_mid * fx) - 1.0
+        p_sell_u = u_bid / (b_ask * fx) - 1.0
+        p_buy_u = u_ask / (b_bid * fx) - 1.0
+    out.update(p_mid=p_mid, p_sell_u=p_sell_u, p_buy_u=p_buy_u)
+    level, ewmas = _ewma_segments(t, p_mid, lo, sizes, [c.ewma for c in carries],
+                                  cfg.ewma_halflife_s)
+    out["level"] = level
+    warm_from = np.fromiter((e.first_t + int(cfg.warmup_s * 1e9) if e.first_t >= 0 else _NEVER
+                             for e in ewmas), dtype=np.int64, count=m)
+    warm = (t >= np.repeat(warm_from, sizes)) & np.isfinite(level)
+    out["warm"] = warm
+    # signals: upbit rich -> sell upbit, buy binance; upbit cheap -> buy upbit, sell binance
+    thr = cfg.entry_threshold
+    dev_sell_u = p_sell_u - level
+    dev_buy_u = level - p_buy_u
+    with np.errstate(invalid="ignore"):
+        cand = warm & ((dev_sell_u > thr) | (dev_buy_u > thr))
+    cand[lo] = cand_prev
+    out.update(cand=cand, dev_sell_u=dev_sell_u, dev_buy_u=dev_buy_u)
+    # events that had both books but no FX cannot be evaluated: counted, never traded
+    no_fx = int(np.count_nonzero(ev & np.isfinite(u_bid) & np.isfinite(b_bid) & ~np.isfinite(fx)))
+    edge = cand.copy()
+    edge[1:] &= ~cand[:-1]
+    cand_all = np.flatnonzero(cand & ev)
+    edge_all = np.flatnonzero(edge & ev)
+    c_cut = np.searchsorted(cand_all, lo)
+    e_cut = np.searchsorted(edge_all, lo)
+    # frames are views, sliced only when a decision looks at them
+    c_cut = c_cut.tolist() + [cand_all.shape[0]]
+    e_cut = e_cut.tolist() + [edge_all.shape[0]]
+    lo_l, hi_l = lo.tolist(), (lo + sizes).tolist()
+    frames = [SymbolFrame(out, lo_l[j], hi_l[j], carries[j], ewmas[j],
+                          (cand_all, c_cut[j], c_cut[j + 1], edge_all, e_cut[j], e_cut[j + 1]))
+              for j in range(m)]
+    return frames, no_fx
+
+
+def _ewma_segments(t: np.ndarray, x: np.ndarray, lo: np.ndarray, sizes: np.ndarray,
+                   states: list[EwmaState], halflife_s: float) -> tuple[np.ndarray, list[EwmaState]]:
+    """``ewma_level`` of every segment of a flat array (segment j: ``lo[j]`` for ``sizes[j]``
+    elements, its first element the carry), as one flat array of levels and the new states.
+
+    Segments whose observations all fall in the grid period after an earlier observation (the
+    common case) are computed together: the same element-wise operations as ``ewma_level`` and
+    a sequential running sum per segment (one row of a 2-D cumsum), so the values are identical.
+    A segment with its very first observation or crossing a rebase boundary goes through
+    ``ewma_level`` itself.
+    """
+    m = lo.shape[0]
+    n = t.shape[0]
+    lam = ewma_lambda(halflife_s)
+    period = ewma_grid_ns(lam)
+    fin = np.flatnonzero(np.isfinite(x))
+    seg = np.repeat(np.arange(m), sizes)
+    fin = fin[fin != lo[seg[fin]]]  # never the carry element
+    level = np.empty(n)
+    new_states = list(states)
+    # the carried level leads each segment; observations overwrite their own element below
+    marks = np.zeros(n, dtype=bool)
+    marks[lo] = True
+    marks[fin] = True
+    level[lo] = [s.last for s in states]
+    if fin.size == 0:
+        k = np.where(marks, np.arange(n), 0)
+        np.maximum.accumulate(k, out=k)
+        return level[k], new_states
+    fseg = seg[fin]
+    tf = t[fin]
+    grid = (tf // period) * period
+    f_lo = np.searchsorted(fseg, np.arange(m), side="left")
+    f_hi = np.searchsorted(fseg, np.arange(m), side="right")
+    fast_rows, fast_s0, fast_g = [], [], []
+    for j in range(m):
+        a, b = int(f_lo[j]), int(f_hi[j])
+        if a == b:
+            continue
+        st = states[j]
+        g = int(grid[a])
+        if st.t_last < 0 or int(grid[b - 1]) != g:
+            s0, e = int(lo[j]), int(lo[j] + sizes[j])
+            lv, new_states[j] = ewma_level(t[s0:e], x[s0:e], st, halflife_s)
+            level[fin[a:b]] = lv[fin[a:b] - s0]
+            continue
+        S = st.acc
+        if g != st.grid:
+            S *= math.exp(-lam * (g - st.grid))
+        fast_rows.append(j)
+        fast_s0.append(S)
+        fast_g.append(g)
+    if fast_rows:
+        rows_ = np.asarray(fast_rows)
+        sel_seg = np.zeros(m, dtype=bool)
+        sel_seg[rows_] = True
+        sel = np.flatnonzero(sel_seg[fseg])
+        s_of = fseg[sel]
+        ts = tf[sel]
+        g_of = np.zeros(m, dtype=np.int64)
+        g_of[rows_] = fast_g
+        G = g_of[s_of]
+        first = np.ones(sel.shape[0], dtype=bool)
+        first[1:] = s_of[1:] != s_of[:-1]
+        prev = np.empty_like(ts)
+        prev[1:] = ts[:-1]
+        t_last = np.zeros(m, dtype=np.int64)
+        t_last[rows_] = [states[j].t_last for j in fast_rows]
+        prev[first] = t_last[s_of[first]]
+        a_ = -np.expm1(-lam * (ts - prev).astype(np.float64))
+        w = a_ * x[fin[sel]] * np.exp(lam * (ts - G).astype(np.float64))
+        # one row per segment: [S0, w...], zero-padded; cumsum along the row is sequential
+        row_of = np.zeros(m, dtype=np.int64)
+        row_of[rows_] = np.arange(rows_.shape[0])
+        r = row_of[s_of]
+        start_in_sel = np.flatnonzero(first)
+        counts = np.diff(np.append(start_in_sel, sel.shape[0]))
+        col = np.arange(sel.shape[0]) - np.repeat(start_in_sel, counts) + 1
+        buf = np.zeros((rows_.shape[0], int(counts.max()) + 1))
+        buf[:, 0] = fast_s0
+        buf[r, col] = w
+        np.cumsum(buf, axis=1, out=buf)
+        acc = buf[r, col]
+        lv = np.exp(-lam * (ts - G).astype(np.float64)) * acc
+        level[fin[sel]] = lv
+        last_i = start_in_sel + counts - 1
+        for q, j in enumerate(fast_rows):
+            i = int(last_i[q])
+            new_states[j] = EwmaState(fast_g[q], float(acc[i]), int(ts[i]), states[j].first_t,
+                                      float(lv[i]))
+    # forward-fill onto every element (events without a finite premium keep the last level)
+    k = np.where(marks, np.arange(n), 0)
+    np.maximum.accumulate(k, out=k)
+    return level[k], new_states
 
 
 def ewma_lambda(halflife_s: float) -> float:
