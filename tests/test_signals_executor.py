@@ -162,3 +162,29 @@ def test_a_leg_meets_the_book_of_its_own_arrival_even_if_its_twin_arrives_a_batc
     assert res.buy.vwap_price == 100.0  # the 9.9 book, not the 10.5 one seen later
     assert res.sell.vwap_price == 150000.0  # the 11.0 book, the latest before 11.2
     assert res.fill_ts_ns == T0 + 11_200_000_000
+
+
+def test_an_empty_ingest_on_a_quiet_executor_equals_the_full_path():
+    """Batches with nothing for an executor take a shortcut when it holds no rows; its state and
+    later fills must be exactly those of the full path (which an index array with other
+    symbols' rows still takes)."""
+    symtab = SymbolTable(("USDT", "BTC", "ETH"))
+    first = to_batch([fx(0.0), book(1.0, "binance", "BTC", [(99, 5)], [(100, 2), (101, 9)]),
+                      book(1.5, "upbit", "BTC", [(139_000, 5)], [(140_000, 5)])], symtab)
+    others = [to_batch([book(2.0 + i, "binance", "ETH", [(9, 5)], [(10, 5)])], symtab)
+              for i in range(3)]
+    later = to_batch([book(6.0, "binance", "BTC", [(98, 5)], [(99, 1), (100, 9)])], symtab)
+    quick, full = _executor(kind="book_walk"), _executor(kind="book_walk")
+    for ex, empty_rows in ((quick, lambda b: np.zeros(0, dtype=np.int64)),
+                           (full, lambda b: np.arange(len(b)))):
+        ex.ingest(first, T0)
+        for i, b in enumerate(others):
+            ex.ingest(b, T0 + (2 + i) * S, empty_rows(b))
+        ex.ingest(later, T0 + 6 * S)
+        # one leg meets the carried book of the first batch, one the newest
+        ex.submit([_trade("BTC-E-1", 5.0, 5.9, qty=3.0), _trade("BTC-E-2", 6.0, 6.1, qty=3.0)])
+    assert repr(quick.get_state()) == repr(full.get_state())
+    a, b = quick.collect(T0 + 7 * S), full.collect(T0 + 7 * S)
+    assert repr(a) == repr(b)
+    assert a[0].buy.book_recv_ns == T0 + S and a[1].buy.book_recv_ns == T0 + 6 * S
+    assert a[0].buy.vwap_price == pytest.approx((2 * 100 + 101) / 3)

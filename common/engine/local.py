@@ -46,8 +46,9 @@ class LocalExecution:
         batch, valid, top = vb.batch, vb.valid_rows, vb.top
         fx_rows = valid[top.rows_of(fx_id)]
         for name, ex in self.executors.items():
+            mine = top.rows_of(symbol_ids[name])
             # no sort needed: each venue's rows and the FX rows stay ascending within their part
-            rows = np.concatenate((valid[top.rows_of(symbol_ids[name])], fx_rows))
+            rows = np.concatenate((valid[mine], fx_rows)) if mine.size else fx_rows
             ex.ingest(batch, top.start_ns, rows)
 
     def submit(self, symbol: str, trades: list[Trade]) -> None:

@@ -165,6 +165,14 @@ class PaperExecutor:
         """
         self._fill_pending(watermark_ns - 1)
         self._serial += 1
+        if rows is not None and len(rows) == 0 and self._quiet():
+            # nothing for this executor in the batch and nothing to carry over from the last
+            # one: the state moves on exactly as below, without the array work (live batches
+            # hold one or two books, so most executors take this path most of the time)
+            for book in self._books:
+                book.batch, book.serial = batch, self._serial
+            self.watermark_ns = max(self.watermark_ns, watermark_ns)
+            return
         names = batch.symbols
         fx_id = names.index(FX_SYMBOL) if FX_SYMBOL in names else -2
         my_id = names.index(self.symbol) if self.symbol in names else -2
@@ -179,6 +187,11 @@ class PaperExecutor:
         # valid rows are never empty, so each row's first level is its best price
         self._fx_mid = (batch.bid_px[batch.bid_off[fx_rows]] + batch.ask_px[batch.ask_off[fx_rows]]) * 0.5
         self.watermark_ns = max(self.watermark_ns, watermark_ns)
+
+    def _quiet(self) -> bool:
+        """No current rows on either venue and no FX rows: an empty ingest changes nothing but
+        the batch and the serial."""
+        return not (self._books[0].rows.size or self._books[1].rows.size or self._fx_t.size)
 
     def fx_mid_at(self, t_ns: int) -> float:
         k = int(np.searchsorted(self._fx_t, t_ns, side="right")) - 1
