@@ -366,7 +366,8 @@ class CoordinatorCore:
                 self._drain(st)
                 return
             idx = frame.edge_idx if st.rearm else frame.cand_idx
-            k = int(np.searchsorted(idx, st.cursor, side="right"))
+            # indices are > 0, so at the start of a batch (cursor 0) the first one is next
+            k = int(np.searchsorted(idx, st.cursor, side="right")) if st.cursor else 0
             if k < idx.size:
                 i = int(idx[k])
                 heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
