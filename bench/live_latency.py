@@ -102,8 +102,8 @@ def run_once(symbols: int, rate_hz: float, seconds: float) -> dict:
         ids = {n: src.symtab.id_of(n) for n in names}
         port = ProbedExecution(s, names)
         kpi = KpiAccumulator()
-        coord = CoordinatorCore(coordinator_config(s), names, ids, src.symtab.fx_id, port, kpi,
-                                session_id="bench")
+        coord = CoordinatorCore(coordinator_config(s, src.lot_steps), names, ids,
+                                src.symtab.fx_id, port, kpi, session_id="bench")
         validator = BookValidator()
         feed: list[int] = []
         engine: list[int] = []  # engine time per batch: validate + executors + coordinator

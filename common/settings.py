@@ -492,10 +492,12 @@ class Settings(BaseSettings):
     def lot_size_for(self, symbol: str, price_usd: float) -> float:
         """The lot of ``symbol``: ``LOT_SIZES`` if given, else a power of ten worth at most
         ``lot_value_usd`` at ``price_usd``: ``10 ** floor(log10(lot_value_usd / price_usd))``."""
+        from common.risk.guard import derived_lot
+
         explicit = self.lot_sizes.get(symbol.upper())
         if explicit is not None:
             return explicit
-        if not (price_usd > 0 and math.isfinite(price_usd)):
-            raise ValueError(f"price of {symbol} must be a finite number > 0 (got {price_usd})")
-        # The tiny nudge keeps an exact decade (ratio 1000 computed as 999.9999...) on its power.
-        return 10.0 ** math.floor(math.log10(self.lot_value_usd / price_usd) + 1e-9)
+        try:
+            return derived_lot(price_usd, self.lot_value_usd)
+        except ValueError as e:
+            raise ValueError(f"{symbol}: {e}") from None

@@ -67,6 +67,11 @@ def test_real_run_trades_records_and_replays_the_same(tmp_path):
         upbit_px = r["sell_price"] if r["buy_exchange"] == "binance" else r["buy_price"]
         assert 94_000 < binance_px < 96_000
         assert 1.0 < upbit_px / (binance_px * 1400) < 1.04
+    # quantities are whole multiples of Binance's stepSize (the fake's BTC step is 0.0001, ten
+    # times the lot a 1 USD lot value alone would give)
+    assert btc
+    for r in btc:
+        assert abs(r["quantity"] / 1e-4 - round(r["quantity"] / 1e-4)) < 1e-6, r["quantity"]
     assert sorted(p.name for p in rec.glob("part-*.parquet"))
     assert not list(rec.glob(".part-*"))
 

@@ -211,9 +211,14 @@ def test_recording_is_readable_and_replays_the_same_rows(fakes, tmp_path):
 
 def test_recording_writer_rolls_parts(fakes, tmp_path):
     run = run_source(fakes, 1.5)
-    w = RecordingWriter(tmp_path, part_rows=40, row_group_rows=10)
-    for i in range(0, len(run.batch), 25):
-        w.write(run.batch.take(np.arange(i, min(i + 25, len(run.batch)))))
+    n = len(run.batch)
+    assert n >= 8
+    # sized from what arrived (a loaded machine receives fewer books in 1.5 s): several parts
+    part = max(2, n // 3)
+    w = RecordingWriter(tmp_path, part_rows=part, row_group_rows=max(1, part // 4))
+    step = max(1, part // 2)
+    for i in range(0, n, step):
+        w.write(run.batch.take(np.arange(i, min(i + step, n))))
     w.write_event({"event": "topn", "members": ["BTC"], "recv_ns": 1})
     w.close()
     parts = sorted(tmp_path.glob("part-*.parquet"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from common.portfolio.state import BalanceError, FeeSchedule, PortfolioState
@@ -119,3 +121,16 @@ def test_floor_lot():
     assert floor_lot(12.3456, 0.01) == 12.34
     assert floor_lot(0.3, 0.1) == 0.3  # float noise must not lose a lot
     assert floor_lot(0.0099, 0.01) == 0.0
+
+
+def test_derived_lot_is_a_whole_multiple_of_the_exchange_step():
+    from common.risk.guard import derived_lot
+
+    assert derived_lot(95_000.0, 1.0) == 0.00001  # a power of ten worth at most 1 USD
+    assert derived_lot(95_000.0, 1.0, 0.0001) == 0.0001  # a coarser step wins
+    assert derived_lot(0.35, 1.0, 0.001) == 1.0  # a finer step keeps the power of ten
+    assert derived_lot(0.35, 1.0, 5.0) == 5.0  # never less than one step
+    assert derived_lot(3.0, 100.0, 3.0) == 9.0  # 10 rounded down to a multiple of 3
+    assert derived_lot(95_000.0, 1.0, math.nan) == 0.00001  # unknown step: ignored
+    with pytest.raises(ValueError):
+        derived_lot(0.0, 1.0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -45,7 +45,8 @@ def fee_schedule(s: Settings) -> FeeSchedule:
     return FeeSchedule(upbit_bps=s.upbit_fee_bps, binance_bps=s.binance_fee_bps)
 
 
-def coordinator_config(s: Settings) -> CoordinatorConfig:
+def coordinator_config(s: Settings, lot_steps: dict[str, float] | None = None) -> CoordinatorConfig:
+    """The coordinator's settings; ``lot_steps``: exchange quantity steps per symbol (live)."""
     return CoordinatorConfig(
         strategy=StrategyConfig(
             upbit_fee_bps=s.upbit_fee_bps, binance_fee_bps=s.binance_fee_bps,
@@ -66,7 +67,7 @@ def coordinator_config(s: Settings) -> CoordinatorConfig:
         max_slippage_bps=s.max_slippage_bps, settle_ms=s.settle_ms,
         initial_krw=s.initial_krw, initial_usdt=s.initial_usdt,
         initial_coin_usd=s.initial_coin_usd, lot_sizes=dict(s.lot_sizes),
-        lot_value_usd=s.lot_value_usd, seed=s.seed,
+        lot_steps=dict(lot_steps or {}), lot_value_usd=s.lot_value_usd, seed=s.seed,
     )
 
 
@@ -88,6 +89,8 @@ class MarketSource:
     universe_events: Callable[[], list[tuple[int, list[str]]]] | None = None
     #: told when a symbol that left TopN is flat and drained (the live source stops streaming it)
     on_drained: Callable[[str], None] | None = None
+    #: exchange quantity steps per symbol (live data and its recordings): lots are multiples
+    lot_steps: dict[str, float] = field(default_factory=dict)
 
     def batches(self) -> Iterator[tuple[BookBatch, dict[str, int]]]:
         return self._batches
@@ -97,6 +100,21 @@ def topn_membership(events: list[dict]) -> list[tuple[int, list[str]]]:
     """The membership changes among live-source / recording events, in order."""
     return [(int(ev["recv_ns"]), [str(x) for x in ev["members"]]) for ev in events
             if ev.get("event") == "topn" and "members" in ev]
+
+
+def recorded_lot_steps(events: list[dict]) -> dict[str, float]:
+    """The quantity steps a recorded live run sized its lots with (its first TopN event)."""
+    for ev in events:
+        if ev.get("event") == "topn":
+            steps = ev.get("lot_steps") or {}
+            out = {}
+            for k, v in steps.items() if isinstance(steps, dict) else ():
+                try:
+                    out[str(k)] = float(v)
+                except (TypeError, ValueError):
+                    continue  # a damaged entry: that symbol's lot is derived from its price
+            return out
+    return {}
 
 
 def _event_poller(events: list[dict]) -> Callable[[], list[tuple[int, list[str]]]]:
@@ -157,7 +175,8 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
         return MarketSource("replay", symbols, symtab, gen,
                             f"replay of {replay_path} ({src.rows_total} rows), "
                             f"{len(symbols)} symbols", duration_s,
-                            universe_events=_event_poller(events) if changes else None)
+                            universe_events=_event_poller(events) if changes else None,
+                            lot_steps=recorded_lot_steps(events))
     if kind == "real":
         from common.marketdata.live import open_live
 
@@ -169,7 +188,7 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                             f"USDT/KRW {sel.fx_krw:,.2f})"
                             + (f", recording to {record_path}" if record_path else ""),
                             duration_s, universe_events=_event_poller(live.topn_events),
-                            on_drained=live.release)
+                            on_drained=live.release, lot_steps=dict(live.lot_steps))
     raise DataSourceError(f"--data-source: unknown source {kind!r} (choose from "
                           f"{', '.join(DATA_SOURCES)})")
 

@@ -25,7 +25,7 @@ from common.execution.executor import LatencyConfig, LatencyModel
 from common.portfolio.state import FeeSchedule, PortfolioState
 from common.reporting.kpi import KpiAccumulator
 from common.reporting.trade_log import build_row
-from common.risk.guard import LegNeed, RiskGuard, RiskLimits, floor_lot
+from common.risk.guard import LegNeed, RiskGuard, RiskLimits, derived_lot, floor_lot
 from common.strategy.signals import (
     CarryState,
     StrategyConfig,
@@ -73,6 +73,9 @@ class CoordinatorConfig:
     initial_usdt: float = 200_000.0
     initial_coin_usd: float = 20_000.0
     lot_sizes: dict = field(default_factory=dict)
+    #: exchange quantity steps (Binance stepSize) per symbol, known on live data: lots are whole
+    #: multiples of them
+    lot_steps: dict = field(default_factory=dict)
     lot_value_usd: float = 1.0
     seed: int = 7
     mark_interval_s: float = 60.0
@@ -347,8 +350,8 @@ class CoordinatorCore:
         i = int(ok[0])
         b_mid = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
         u_mid_usd = (frame.u_bid[i] + frame.u_ask[i]) * 0.5 / frame.fx[i]
-        st.lot = self.cfg.lot_sizes.get(st.name) or 10.0 ** math.floor(
-            math.log10(self.cfg.lot_value_usd / b_mid))
+        st.lot = self.cfg.lot_sizes.get(st.name) or derived_lot(
+            b_mid, self.cfg.lot_value_usd, self.cfg.lot_steps.get(st.name))
         qty = floor_lot(self.cfg.initial_coin_usd / b_mid, st.lot)
         self.portfolio.fund("upbit", st.name, qty)
         self.portfolio.fund("binance", st.name, qty)

@@ -74,8 +74,8 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     fx_id = symtab.fx_id
     port = LocalExecution(settings, source.symbols)
     kpi = KpiAccumulator()
-    coord = CoordinatorCore(coordinator_config(settings), source.symbols, symbol_ids, fx_id,
-                            port, kpi, session_id=run_id)
+    coord = CoordinatorCore(coordinator_config(settings, source.lot_steps), source.symbols,
+                            symbol_ids, fx_id, port, kpi, session_id=run_id)
     trade_log = TradeLogger(log_dir, run_id, top_n)
     validator = BookValidator()
     bar = ProgressLine(source.duration_s, enabled=progress)

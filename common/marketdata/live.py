@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -92,6 +93,7 @@ class LiveSource:
         self.recorder = RecordingWriter(record_path) if record_path else None
         self.selection: TopNSelection | None = None
         self.symbols: tuple[str, ...] = ()
+        self.lot_steps: dict[str, float] = {}
         self.topn_events: list[dict] = []
         self.stats: dict[str, int] = {"reconnects": 0, "sequence_gaps": 0, "stale_periods": 0,
                                       "rows_emitted": 0}
@@ -161,7 +163,12 @@ class LiveSource:
             missing = [s for s in self.cfg.symbols if s not in sel.members]
             logger.warning("SYMBOLS: {} not tradable on both venues; trading {}",
                            ", ".join(missing), ", ".join(sel.members))
+        #: Binance quantity steps of every listed symbol (joiners included): the coordinator
+        #: makes lots whole multiples of them; recorded, so that a replay sizes trades the same
+        self.lot_steps = {c.symbol: c.step_size for c in sel.ranked
+                          if c.step_size > 0 and math.isfinite(c.step_size)}
         first = TopNChange(self._now_wall(), sel.members, sel.members, ()).to_json()
+        first["lot_steps"] = dict(self.lot_steps)
         self._publish_event(first)
         asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         return self.symbols

@@ -46,6 +46,20 @@ def floor_lot(qty: float, lot: float) -> float:
     return round(n * lot, 12)
 
 
+def derived_lot(price_usd: float, lot_value_usd: float, step: float | None = None) -> float:
+    """The lot of a symbol that has no explicit one: a power of ten worth at most
+    ``lot_value_usd`` (``10 ** floor(log10(lot_value_usd / price_usd))``), made a whole multiple
+    of the exchange's quantity step (Binance ``LOT_SIZE`` ``stepSize``) when one is known, so
+    that every quantity traded is one the exchange would accept on both legs."""
+    if not (price_usd > 0 and math.isfinite(price_usd)):
+        raise ValueError(f"price must be a finite number > 0 (got {price_usd})")
+    # the tiny nudge keeps an exact decade (a ratio of 1000 computed as 999.9999...) on its power
+    lot = 10.0 ** math.floor(math.log10(lot_value_usd / price_usd) + 1e-9)
+    if step is not None and step > 0 and math.isfinite(step):
+        lot = round(max(1, math.floor(lot / step + 1e-9)) * step, 12)
+    return lot
+
+
 class RiskGuard:
     """The one global pre-trade check. Counts refusals and clips by reason."""
 
