@@ -260,3 +260,16 @@ def test_connections_are_renewed_before_the_time_limit(fakes):
     assert count_reasons(BookValidator().validate(run.batch)) == {}
     assert streams_after(run.batch, run.batch.recv_ns[-1] - 800_000_000) == all_streams(
         run.src.symbols)
+
+
+def test_gil_switch_interval_is_short_while_live_and_restored_after(fakes):
+    import sys
+
+    before = sys.getswitchinterval()
+    src = LiveSource(config(fakes), duration_s=0.5)
+    src.start()
+    try:
+        assert sys.getswitchinterval() <= 0.001 < before
+    finally:
+        src.stop()
+    assert sys.getswitchinterval() == before

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import math
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +46,8 @@ from common.marketdata.upbit import DEFAULT_LEVELS, UpbitFeed, UpbitRest
 from common.types import BINANCE, FX_SYMBOL, UPBIT, VENUE_NAMES
 
 _VENUES = (UPBIT, BINANCE)
+#: GIL switch interval while a live source runs (see LiveSource.start)
+GIL_SWITCH_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class LiveSource:
         self.selection: TopNSelection | None = None
         self.symbols: tuple[str, ...] = ()
         self.lot_steps: dict[str, float] = {}
+        self._switch_s: float | None = None  # the GIL switch interval before start()
         self.topn_events: list[dict] = []
         self.stats: dict[str, int] = {"reconnects": 0, "sequence_gaps": 0, "stale_periods": 0,
                                       "rows_emitted": 0}
@@ -132,6 +136,11 @@ class LiveSource:
         if self._started:
             return self.symbols
         self._started = True
+        # the I/O thread and the engine share the GIL: with Python's default 5 ms switch
+        # interval, a book parsed while the engine computes waits up to 5 ms to be handed over
+        # (measured at 10x the realistic rate: feed p50 2.0 ms; with 1 ms, 0.6 ms)
+        self._switch_s = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_s, GIL_SWITCH_S))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="live-marketdata",
                                         daemon=True)
@@ -178,6 +187,8 @@ class LiveSource:
         if self._stopped:
             return
         self._stopped = True
+        if self._switch_s is not None:
+            sys.setswitchinterval(self._switch_s)
         loop = self._loop
         if loop is not None and loop.is_running():
             try:
