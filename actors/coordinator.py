@@ -1,8 +1,9 @@
 """Coordinator: the Ray shell around CoordinatorCore, the one brain of a Ray run.
 
-It receives each batch's top-of-book stream plus ObjectRefs of every symbol's rows, forwards
-``ingest`` to the symbol actors before walking the batch (so a leg is always filled with all data
-up to its arrival), then lets the core decide, dispatch and settle through the RayExecutionPort.
+It receives each batch's top-of-book stream plus the ObjectRef of the batch's ``FeedPart`` (every
+symbol's rows), queues its ingest for every symbol actor before walking the batch (so a leg is
+always filled with all data up to its arrival: the port sends queued batches ahead of any trade or
+collect), then lets the core decide, dispatch and settle through the RayExecutionPort.
 Trade rows go to the TradeLoggerActor and KPI calls to the KpiActor, one remote call each per batch.
 """
 
@@ -41,20 +42,23 @@ class Coordinator:
         self._rows_buf: list[dict] = []
         self._last_ship = time.monotonic()
         self._since_snapshot = (0, 0, time.monotonic())  # batches, rows, wall
+        #: wall seconds spent in ``process`` and, within it, in the core's walk (settlement
+        #: waits included) and in snapshots: where a Ray run's coordinator time goes
+        self.timing = {"process_s": 0.0, "core_s": 0.0, "ship_snapshot_s": 0.0}
 
     def run_id(self) -> str:
         return self.run_id_
 
     def setup(self, settings: Settings, symbols: list[str], symbol_ids: dict[str, int],
               fx_id: int, handles: dict[str, object], trade_logger, kpi,
-              monitoring: bool) -> dict:
+              monitoring: bool, lot_steps: dict[str, float] | None = None) -> dict:
         """Wire the core to the actors and take every symbol actor's initial snapshot."""
         self.settings = settings
         self.port = RayExecutionPort(handles)
         self.kpi = KpiProxy(kpi)
         self.trade_logger = trade_logger
-        self.core = CoordinatorCore(coordinator_config(settings), symbols, symbol_ids, fx_id,
-                                    self.port, self.kpi, session_id=self.run_id_)
+        self.core = CoordinatorCore(coordinator_config(settings, lot_steps), symbols, symbol_ids,
+                                    fx_id, self.port, self.kpi, session_id=self.run_id_)
         if monitoring:
             from actors.metrics import ArbMetrics
 
@@ -64,21 +68,28 @@ class Coordinator:
 
     def process(self, top: TopBatch, parts_ref: list, watermark_ns: int, rows_in: int,
                 rejected: dict[str, int], sent_time_ns: int) -> dict:
-        """One batch: ingest everywhere, walk the top of book, ship rows and KPI calls."""
+        """One batch: queue its ingest everywhere, walk the top of book, ship rows and KPI
+        calls. ``timing`` adds up where the time went (settlement rounds: the port's
+        ``collect_wait_s``)."""
         # the core measures tick-to-fill on this process's perf counter; start it when the feed
         # sent the batch, so time spent queued counts
+        t0 = time.perf_counter()
         wall = time.perf_counter_ns() - max(0, time.time_ns() - sent_time_ns)
         self.kpi.add_events(rows_in, rejected)
         self.port.ingest(parts_ref[0], watermark_ns, rows_in)
         rows = self.core.process_batch(top, wall)
+        t1 = time.perf_counter()
         self._ship(rows)
         self.batches += 1
         self._maybe_snapshot(rows_in)
+        self.timing["core_s"] += t1 - t0
+        self.timing["ship_snapshot_s"] += time.perf_counter() - t1
         status = self.status()
         if self.metrics is not None:
             self.metrics.record_batch(top, rows_in, rejected, rows, status)
         status["rows"] = len(rows)
         status["drained"] = self.core.take_drained()
+        self.timing["process_s"] += time.perf_counter() - t0
         return status
 
     def schedule_universe(self, t_ns: int, members: list[str], symbol_ids: dict[str, int],
@@ -107,7 +118,8 @@ class Coordinator:
     def stats(self) -> dict:
         return {"calls_to_symbols": self.port.calls_sent, "calls_to_sinks": self.sink_calls,
                 "recoveries": self.port.recoveries, "snapshots": self.port.snapshots,
-                "batches": self.batches, "pid": os.getpid()}
+                "batches": self.batches, "pid": os.getpid(), **self.timing,
+                "collect_wait_s": self.port.collect_wait_s, "collect_rounds": self.port.collect_rounds}
 
     def status(self) -> dict:
         """What the live view shows: per-symbol premium, position and PnL, and the clock."""

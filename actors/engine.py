@@ -1,8 +1,9 @@
 """The Ray engine's driver: start or join a cluster, create the actors, feed them, report.
 
-The driver reads the source, validates each batch once, splits the valid rows per symbol (that
-symbol's rows plus the FX rows), puts each part in the object store and hands the coordinator the
-top of book plus the per-symbol ObjectRefs, with at most ``max_inflight_batches`` batches in flight.
+The driver reads the source, validates each batch once, puts it in the object store once (with
+each symbol's row indices: that symbol's valid rows plus the FX rows, see ``split_rows``) and
+hands the coordinator the top of book plus that ObjectRef, with at most ``max_inflight_batches``
+batches in flight.
 Everything a symbol actor receives comes from the coordinator, in order.
 """
 
@@ -24,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.coordinator import Coordinator
 from actors.sinks import KpiActor, TradeLoggerActor
-from actors.symbol import SymbolActor
+from actors.symbol import FeedPart, SymbolActor
 from actors.view import LiveView
 from common.engine.build import MarketSource, fee_schedule, fill_model_config, validate_batch
 from common.engine.report import build_report, write_kpi
@@ -131,14 +132,18 @@ def _already_there(namespace: str, run_id: str | None, what: str) -> RayEngineEr
                           f"({what}); wait for it to end or pass another --namespace")
 
 
-def split_rows(vb, symbol_ids: dict[str, int], fx_id: int) -> dict:
-    """Each symbol's part of a validated batch: its valid rows plus the FX rows, compacted."""
+def split_rows(vb, symbol_ids: dict[str, int], fx_id: int) -> FeedPart:
+    """Each symbol's part of a validated batch, as indices into the one shared batch: its valid
+    rows plus the valid FX rows (``LocalExecution.ingest``'s indices, so results are equal).
+
+    Only indices are split per symbol (a few KiB each); the rows themselves travel once per
+    batch, whatever the number of symbols."""
     import numpy as np
 
     top, valid = vb.top, vb.valid_rows
     fx_rows = valid[top.rows_of(fx_id)]
-    return {name: vb.batch.take(np.sort(np.concatenate((valid[top.rows_of(sid)], fx_rows))))
-            for name, sid in symbol_ids.items()}
+    return FeedPart.split(vb.batch, {name: np.concatenate((valid[top.rows_of(sid)], fx_rows))
+                                     for name, sid in symbol_ids.items()})
 
 
 class _SourceFailed:
@@ -285,7 +290,24 @@ def run_ray(settings: Settings, source: MarketSource, run_id: str, log_dir: str 
                 pass
         if started:
             ray.shutdown()
+        else:
+            _wait_names_released(ns, list(handles))
     return run
+
+
+def _wait_names_released(namespace: str, names: list[str], timeout_s: float = 10.0) -> None:
+    """Wait (a little) until the killed actors' names are free on a cluster we joined.
+
+    ``ray.kill`` only asks the GCS; for a moment the names may still resolve, and a next run
+    in the same namespace would then be refused as if this one were still there."""
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=namespace)
+            except Exception:  # noqa: BLE001 - ValueError: gone; anything else: nothing to wait for
+                break
+            time.sleep(0.05)
 
 
 def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, stop, t0):
@@ -331,7 +353,7 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
     except ValueError:
         raise _already_there(ns, _existing_run(ns), f"actor '{TRADE_LOGGER}' or '{KPI}'") from None
     ray.get(coord.setup.remote(settings, symbols, symbol_ids, fx_id, sym_handles, tlog,
-                               kpi, opts.monitoring))
+                               kpi, opts.monitoring, source.lot_steps))
     startup_s = time.perf_counter() - t0
     logger.info("run {}: Ray engine, {} symbol actors, namespace '{}', {} (started in {:.1f} s)",
                 run_id, len(symbols), ns, source.description, startup_s)
@@ -369,25 +391,39 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
             driver_calls += 1
 
     inflight_meta: deque = deque()
+    #: where the driver's feed time goes (wall seconds): waiting for the source, validating,
+    #: putting the batch in the object store, waiting for the coordinator
+    feed_t = {"source_s": 0.0, "validate_s": 0.0, "put_s": 0.0, "wait_s": 0.0}
+    tick = time.perf_counter()
     for batch, pre_rejected in coalesced(source.batches(), settings.batch_rows, stop):
+        t1 = time.perf_counter()
+        feed_t["source_s"] += t1 - tick
         if source.universe_events is not None:
             membership()
         vb = validate_batch(validator, batch, pre_rejected)
         view.start(vb.top.start_ns)
-        # one object for every symbol's rows; wrapped in a list so Ray passes the reference on
-        # to the coordinator instead of resolving it there
+        t2 = time.perf_counter()
+        # one object for every symbol actor (each reads its rows from shared memory); wrapped in
+        # a list so Ray passes the reference on to the coordinator instead of resolving it there
         parts = [ray.put(split_rows(vb, symbol_ids, fx_id))]
         inflight.append(coord.process.remote(vb.top, parts, vb.top.start_ns, vb.rows_in,
                                              vb.rejected, time.time_ns()))
         inflight_meta.append((vb.rows_in, sum(vb.rejected.values())))
         driver_calls += 1
+        t3 = time.perf_counter()
         while len(inflight) >= limit:
             take(inflight.popleft())
         if opts.on_batch is not None:
             opts.on_batch(k)
         k += 1
+        tick = time.perf_counter()
+        feed_t["validate_s"] += t2 - t1
+        feed_t["put_s"] += t3 - t2
+        feed_t["wait_s"] += tick - t3
+    t3 = time.perf_counter()
     while inflight:
         take(inflight.popleft())
+    feed_t["wait_s"] += time.perf_counter() - t3
     last = ray.get(coord.finish.remote())
     view.update(last, 0, 0)
     if view.enabled:
@@ -406,5 +442,8 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
     calls = {"driver": driver_calls, "to_symbols": cstats["calls_to_symbols"],
              "to_sinks": cstats["calls_to_sinks"], "recoveries": cstats["recoveries"],
              "snapshots": cstats["snapshots"], "batches": cstats["batches"],
-             "feed_seconds": feed_s}
+             "feed_seconds": feed_s, "driver_timing": feed_t,
+             "coordinator_timing": {k: cstats[k] for k in ("process_s", "core_s",
+                                                           "ship_snapshot_s", "collect_wait_s",
+                                                           "collect_rounds")}}
     return RayRun(report, stop.signal, startup_s, calls, {"coordinator": cstats["pid"]})

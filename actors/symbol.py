@@ -3,19 +3,67 @@
 Every call but ``start``/``restore`` carries a sequence number handed out by the coordinator, and
 an actor process starts *unrestored*: a restarted incarnation refuses work until the coordinator
 has restored it from its last snapshot, so a call can never silently run on an empty executor.
+
+Market data arrives as ``FeedPart``s: one object per batch in the object store, shared by every
+symbol actor (its numpy arrays are read straight from shared memory, no copy per actor), from
+which each actor's executor takes its own rows by index, exactly as the local engine's executors
+do. Parts are passed as top-level arguments, so Ray resolves them before the call and the actor
+never holds an ObjectRef (no borrower bookkeeping per batch). A snapshot therefore leaves its
+batch out (``LAST_PART``): the coordinator keeps the ref of the last part it sent and hands that
+part back to ``restore``.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
+import numpy as np
 import ray
 
 from common.execution.executor import PaperExecutor
 from common.fill.models import FillModelConfig
 from common.marketdata.batch import BookBatch
 from common.portfolio.state import FeeSchedule
-from common.types import ExecutionResult, Trade
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPart:
+    """One validated batch as the feed hands it to every symbol actor (one ``ray.put``).
+
+    ``rows_for(symbol)`` are the indices into ``batch`` meant for that symbol's executor: its
+    valid rows followed by the valid FX rows, each group ascending -- the same indices
+    ``LocalExecution.ingest`` passes, so both engines' executors see identical rows. Splitting
+    indices instead of copying rows keeps the feed's cost per batch independent of the number
+    of symbols (the FX rows are no longer copied into every symbol's part). The indices of all
+    symbols sit in one flat array (``rows[row_off[k]:row_off[k + 1]]`` for the k-th symbol of
+    ``index``): an actor deserialises a handful of arrays per batch, not one per symbol.
+    """
+
+    batch: BookBatch
+    index: dict[str, int]
+    row_off: np.ndarray
+    rows: np.ndarray
+
+    @staticmethod
+    def split(batch: BookBatch, per_symbol: dict[str, np.ndarray]) -> FeedPart:
+        """A part from each symbol's row indices (in ``per_symbol``'s order)."""
+        off = np.zeros(len(per_symbol) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in per_symbol.values()], out=off[1:])
+        flat = (np.concatenate(list(per_symbol.values())) if per_symbol
+                else np.zeros(0, dtype=np.int64))
+        return FeedPart(batch, {name: k for k, name in enumerate(per_symbol)}, off, flat)
+
+    def rows_for(self, symbol: str) -> np.ndarray:
+        k = self.index[symbol]
+        return self.rows[self.row_off[k] : self.row_off[k + 1]]
+
+
+#: the operations of a ``run`` call, applied in order: (OP_INGEST, watermark_ns) -- the batch is
+#: the call's next FeedPart argument --, (OP_SUBMIT, trades), (OP_COLLECT, up_to_ns), (OP_SNAPSHOT,)
+OP_INGEST, OP_SUBMIT, OP_COLLECT, OP_SNAPSHOT = "ingest", "submit", "collect", "snapshot"
+#: stands in a snapshot for the batch of the last FeedPart ingested (restore gets it back)
+LAST_PART = "last-part"
 
 
 class NotRestored(RuntimeError):
@@ -31,6 +79,9 @@ class SymbolExecutorShell:
         self.symbol = symbol
         self.executor = PaperExecutor(symbol, fill_model_config, fees, seed)
         self.seq: int | None = None  # None: not restored yet
+        #: the batch of the FeedPart last ingested (or restored): the only batch a snapshot may
+        #: leave out as ``LAST_PART``
+        self._last_batch: BookBatch | None = None
 
     def _step(self, seq: int) -> None:
         if self.seq is None:
@@ -44,31 +95,53 @@ class SymbolExecutorShell:
         self.seq = 0
         return self.snapshot()
 
-    def ingest(self, seq: int, batch: BookBatch, watermark_ns: int) -> None:
-        self._step(seq)
-        self.executor.ingest(batch, watermark_ns)
+    def run(self, seq: int, ops: list[tuple], *parts: FeedPart):
+        """Apply the operations the coordinator queued since its last call, in order, and return
+        the output of the last one (a collect's results, a snapshot, or None).
 
-    def ingest_many(self, seq: int, watermarks: list[int], *parts: dict[str, BookBatch]) -> None:
-        """Several batches in order; each part holds every symbol's rows, this actor takes its own."""
+        One call carries a settlement round's batches, trades and collect together (see
+        actors/port.py); ``parts`` are the batches of the OP_INGEST operations, in order."""
         self._step(seq)
-        for wm, part in zip(watermarks, parts, strict=True):
-            self.executor.ingest(part[self.symbol], wm)
-
-    def submit(self, seq: int, trades: list[Trade]) -> None:
-        self._step(seq)
-        self.executor.submit(trades)
-
-    def collect(self, seq: int, up_to_ns: int) -> list[ExecutionResult]:
-        self._step(seq)
-        return self.executor.collect(up_to_ns)
+        batches = iter(parts)
+        out = None
+        for op in ops:
+            kind = op[0]
+            if kind == OP_INGEST:
+                part = next(batches)
+                self.executor.ingest(part.batch, op[1], part.rows_for(self.symbol))
+                self._last_batch = part.batch
+                out = None
+            elif kind == OP_SUBMIT:
+                self.executor.submit(op[1])
+                out = None
+            elif kind == OP_COLLECT:
+                out = self.executor.collect(op[1])
+            elif kind == OP_SNAPSHOT:
+                out = self.snapshot()
+            else:
+                raise ValueError(f"symbol-{self.symbol}: unknown operation {kind!r}")
+        return out
 
     def snapshot(self) -> dict:
+        """The sequence number and the executor's state, its current batch left out: that is
+        always the last part ingested, which the coordinator keeps (and hands to ``restore``)."""
         if self.seq is None:
             raise NotRestored(f"symbol-{self.symbol}: restarted, waiting for a restore")
-        return {"seq": self.seq, "state": self.executor.get_state()}
+        state = self.executor.get_state()
+        if state["batch"] is not None:
+            assert state["batch"] is self._last_batch, "executor batch is not the last part's"
+            state["batch"] = LAST_PART
+        return {"seq": self.seq, "state": state}
 
-    def restore(self, snap: dict) -> int:
-        self.executor.set_state(snap["state"])
+    def restore(self, snap: dict, part: FeedPart | None = None) -> int:
+        """Continue from ``snap``; ``part`` is the FeedPart last ingested before it was taken."""
+        state = dict(snap["state"])
+        if state["batch"] is not None:
+            if part is None:
+                raise ValueError(f"symbol-{self.symbol}: the snapshot needs its last batch")
+            state["batch"] = part.batch
+        self._last_batch = state["batch"]
+        self.executor.set_state(state)
         self.seq = snap["seq"]
         return self.seq
 

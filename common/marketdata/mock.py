@@ -449,30 +449,41 @@ class MockMarket:
         spread = 1.0 + (u >= p1) + (u >= p1 + p2)
         bid0 = np.floor(mid / tick - spread / 2.0)
         ask0 = bid0 + spread
+        # (the arithmetic below runs in place where it can: the same operations in the same
+        # order give the same values, without a temporary (2, rows, levels) array per step)
         steps = np.zeros((2, r, nl))
         if nl > 1:
             extra = np.maximum(0.0, mid * (_LEVEL_SPACING_BPS * 1e-4) / tick - 1.0)
-            gaps = 1.0 + np.floor(
-                rng.random((2, r, nl - 1), dtype=np.float32) * (2.0 * extra[None, :, None] + 1.0)
-            )
+            gaps = rng.random((2, r, nl - 1), dtype=np.float32) * (2.0 * extra[None, :, None] + 1.0)
+            np.floor(gaps, out=gaps)
+            gaps += 1.0
             np.cumsum(gaps, axis=2, out=steps[:, :, 1:])
         ticks = np.empty((2, r, nl))
-        ticks[0] = bid0[:, None] - steps[0]
-        ticks[1] = ask0[:, None] + steps[1]
-        px = _ticks_to_price(ticks, tick[None, :, None])
+        np.subtract(bid0[:, None], steps[0], out=ticks[0])
+        np.add(ask0[:, None], steps[1], out=ticks[1])
+        px = _ticks_to_price(ticks, tick[None, :, None], out=ticks)
 
         # sizes: lognormal around the level depth in USD, a little deeper further out
         lvl_factor = 1.0 + 0.1 * np.arange(nl)
         z = rng.standard_normal((2, r, nl), dtype=np.float32)
-        noise = np.exp(np.float32(_SIZE_SIGMA) * z - np.float32(0.5 * _SIZE_SIGMA**2))
+        z *= np.float32(_SIZE_SIGMA)
+        z -= np.float32(0.5 * _SIZE_SIGMA**2)
+        noise = np.exp(z, out=z)
         thin = rng.random(r) < cfg.thin_book_prob
         thin_factor = np.where(thin, 1.0 / rng.uniform(30.0, 150.0, r), 1.0)
         coin = depth_usd * thin_factor / usd_px
-        sz = noise * lvl_factor[None, None, :] * coin[None, :, None]
+        sz = noise * lvl_factor[None, None, :]
+        sz *= coin[None, :, None]
         has_lot = lot > 0
         if has_lot.any():
-            lots = np.maximum(np.floor(sz[:, has_lot] / lot[None, has_lot, None]), 1.0)
-            sz[:, has_lot] = _ticks_to_price(lots, lot[None, has_lot, None])
+            # whole lots, at least one, on the rows that have a lot (Binance); computed over
+            # every row (a lot of 1 elsewhere) and selected with np.where: cheaper than
+            # gathering and scattering the rows, and the same values on the rows kept
+            lot_or_1 = np.where(has_lot, lot, 1.0)[None, :, None]
+            lots = np.divide(sz, lot_or_1)
+            np.floor(lots, out=lots)
+            np.maximum(lots, 1.0, out=lots)
+            sz = np.where(has_lot[None, :, None], _ticks_to_price(lots, lot_or_1, out=lots), sz)
 
         lens = np.full((2, r), nl, dtype=np.int64)
         self._corrupt(rng, px, sz, lens, tick)
@@ -547,10 +558,13 @@ def _rows(b: BookBatch, lo: int, hi: int) -> BookBatch:
     )
 
 
-def _ticks_to_price(ticks: np.ndarray, tick: np.ndarray) -> np.ndarray:
+def _ticks_to_price(ticks: np.ndarray, tick: np.ndarray, out: np.ndarray | None = None
+                    ) -> np.ndarray:
     """ticks * tick, as the closest double to the decimal price where the tick is below 1
-    (e.g. 23001 * 0.0001 -> 2.3001, not 2.3001000000000003)."""
+    (e.g. 23001 * 0.0001 -> 2.3001, not 2.3001000000000003). ``out`` (may be ``ticks``)
+    receives the result."""
     fine = tick < 1.0
     mul = np.where(fine, 1.0, tick)
     div = np.where(fine, np.round(1.0 / np.where(fine, tick, 1.0)), 1.0)
-    return ticks * mul / div
+    res = np.multiply(ticks, mul, out=out)
+    return np.divide(res, div, out=res)
