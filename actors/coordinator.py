@@ -92,6 +92,10 @@ class Coordinator:
         self.timing["process_s"] += time.perf_counter() - t0
         return status
 
+    def count_events(self, rows_in: int, rejected: dict[str, int]) -> None:
+        """Events that came without a batch to walk (frames rejected before any book)."""
+        self.kpi.add_events(rows_in, rejected)
+
     def schedule_universe(self, t_ns: int, members: list[str], symbol_ids: dict[str, int],
                           joiners: dict[str, object]) -> None:
         """A TopN change at event time ``t_ns``; ``joiners``: actors of symbols new to the run."""

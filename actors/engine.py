@@ -38,6 +38,8 @@ COORDINATOR, TRADE_LOGGER, KPI = "coordinator", "trade-logger", "kpi"
 #: a symbol actor is light: fractional CPU so that 100 of them fit on a 2-core machine
 SYMBOL_CPUS = 0.01
 SERVICE_CPUS = 0.01
+#: batches of at most this many rows go to the actors by value, larger ones through one put
+INLINE_ROWS = 256
 #: working-dir upload for ``--ray-address``: the code, not the outputs
 _UPLOAD_EXCLUDES = [".git", "logs", "bench/data", ".venv", ".hypothesis", ".pytest_cache",
                     ".ruff_cache", ".benchmarks", "**/__pycache__", "*.parquet", "*.jsonl"]
@@ -189,7 +191,8 @@ def coalesced(batches, max_rows: int, stop, poll_s: float = 0.2):
     def produce() -> None:
         try:
             for item in batches:
-                if len(item[0]) and not put(item, len(item[0])):
+                # a batch without rows still carries reject counts (the end of a live run)
+                if (len(item[0]) or item[1]) and not put(item, len(item[0])):
                     break
             else:
                 q.put(_END)
@@ -218,13 +221,17 @@ def coalesced(batches, max_rows: int, stop, poll_s: float = 0.2):
                 return
             if isinstance(item, _SourceFailed):
                 raise item.exc
+            if len(item[0]) == 0:
+                yield item  # reject counts alone: never merged with rows
+                continue
             parts, rows = [item], len(item[0])
             while rows < max_rows:
                 try:
                     nxt = take(block=False)
                 except queue.Empty:
                     break
-                if not isinstance(nxt, tuple) or rows + len(nxt[0]) > max_rows:
+                if (not isinstance(nxt, tuple) or rows + len(nxt[0]) > max_rows
+                        or len(nxt[0]) == 0):
                     held = nxt
                     break
                 parts.append(nxt)
@@ -400,12 +407,21 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
         feed_t["source_s"] += t1 - tick
         if source.universe_events is not None:
             membership()
+        if len(batch) == 0:
+            # only reject counts: to the KPIs, in call order before the batches that follow
+            coord.count_events.remote(sum(pre_rejected.values()), pre_rejected)
+            driver_calls += 1
+            tick = time.perf_counter()
+            continue
         vb = validate_batch(validator, batch, pre_rejected)
         view.start(vb.top.start_ns)
         t2 = time.perf_counter()
         # one object for every symbol actor (each reads its rows from shared memory); wrapped in
         # a list so Ray passes the reference on to the coordinator instead of resolving it there
-        parts = [ray.put(split_rows(vb, symbol_ids, fx_id))]
+        part = split_rows(vb, symbol_ids, fx_id)
+        # a live batch of a few books travels by value inside the calls (Ray inlines small
+        # arguments); a put costs a few milliseconds of object-store round trips per batch
+        parts = [part if len(batch) <= INLINE_ROWS else ray.put(part)]
         inflight.append(coord.process.remote(vb.top, parts, vb.top.start_ns, vb.rows_in,
                                              vb.rejected, time.time_ns()))
         inflight_meta.append((vb.rows_in, sum(vb.rejected.values())))

@@ -37,6 +37,10 @@ RECOVERY_TIMEOUT_S = 600.0
 #: to (about as much as the calls kept for replay between two snapshots)
 MAX_QUEUED_BATCHES = 64
 MAX_QUEUED_ROWS = 20 * 65_536
+#: an actor with trades outstanding gets its queued batches at least this often, so that the
+#: collect settling them finds it caught up: on a live feed (hundreds of one-book batches a
+#: second) a settlement otherwise waits while the actor works through the whole queue
+HOT_FLUSH_S = 0.02
 
 def _recoverable(exc: BaseException) -> bool:
     """An actor death or restart (ActorUnavailableError is a RayActorError), or the restarted
@@ -56,6 +60,8 @@ class _Link:
     calls: list = field(default_factory=list)  # (seq, method, args) since the snapshot
     unchecked: list = field(default_factory=list)  # refs of fire-and-forget calls
     ops: list = field(default_factory=list)  # operations queued, not sent yet (actors.symbol)
+    outstanding: int = 0  # trades submitted and not collected yet
+    last_send: float = 0.0  # time.monotonic() of the last call sent
     queued_batches: int = 0
     queued_rows: int = 0
     sent_last: object = None  # the last FeedPart ref sent to the actor
@@ -98,12 +104,15 @@ class RayExecutionPort:
             link.ops.append((OP_INGEST, watermark_ns, parts_ref))
             link.queued_batches += 1
             link.queued_rows += rows
-            if link.queued_batches >= MAX_QUEUED_BATCHES or link.queued_rows >= MAX_QUEUED_ROWS:
+            if (link.queued_batches >= MAX_QUEUED_BATCHES or link.queued_rows >= MAX_QUEUED_ROWS
+                    or (link.outstanding and time.monotonic() - link.last_send >= HOT_FLUSH_S)):
                 link.unchecked.append(self._send_ops(link))
 
     def submit(self, symbol: str, trades: list[Trade]) -> None:
         """Queue trades; they travel with the collect that settles them (or an earlier call)."""
-        self.links[symbol].ops.append((OP_SUBMIT, trades))
+        link = self.links[symbol]
+        link.ops.append((OP_SUBMIT, trades))
+        link.outstanding += len(trades)
 
     def collect(self, symbols: list[str], up_to_ns: int) -> dict[str, list[ExecutionResult]]:
         """One call per settling symbol (carrying its queued batches and trades), one wait."""
@@ -125,6 +134,9 @@ class RayExecutionPort:
                     if not _recoverable(e):
                         raise
                     out[s] = self._recover(s, e)
+        for s, results in out.items():
+            link = self.links[s]
+            link.outstanding = max(0, link.outstanding - len(results or ()))
         self.collect_rounds += 1
         self.collect_wait_s += time.perf_counter() - t0
         return out
@@ -186,6 +198,7 @@ class RayExecutionPort:
         return self._send(link, "run", (wire, *parts))
 
     def _send(self, link: _Link, method: str, args: tuple):
+        link.last_send = time.monotonic()
         link.seq += 1
         link.calls.append((link.seq, method, args))
         self.calls_sent += 1

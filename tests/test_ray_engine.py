@@ -195,3 +195,30 @@ def test_kill_during_snapshot_with_the_port_driven_here(tmp_path):
     strip = {"session_id", "tick_to_fill_ms"}
     assert ([{k: v for k, v in r.items() if k not in strip} for r in rows]
             == [{k: v for k, v in r.items() if k not in strip} for r in ref_rows])
+
+
+def test_reject_counts_without_rows_are_counted_like_local(tmp_path):
+    """Batches that carry only reject counts (frames dropped before any book, the end of a
+    live run) reach the KPIs on Ray as they do locally, also between batches with rows."""
+    import numpy as np
+
+    from common.engine.build import MarketSource
+
+    s = settings(symbols="BTC,ETH")
+    market = MockMarket(MockConfig(seed=5, symbols=("BTC", "ETH")))
+    batches = list(market.batches(120.0, batch_rows=2000))
+    empty = batches[0].take(np.zeros(0, dtype=np.int64))
+    items = ([(batches[0], {}), (empty, {"malformed": 2})] + [(b, {}) for b in batches[1:]]
+             + [(empty, {"malformed": 3, "non_finite": 1})])
+
+    def source():
+        return MarketSource("real", ["BTC", "ETH"], market.symtab, iter(list(items)), "t", None)
+
+    local = run_local(s, source(), "local", tmp_path / "l", None, 2, progress=False)
+    r = run_ray(s, source(), "ray", tmp_path / "r", None, 2,
+                RayOptions(namespace=NS, progress=False))
+    rows = sum(len(b) for b in batches)
+    for rep in (local, r.report):
+        assert rep["events_processed"] == rows + 6
+        assert rep["events_rejected_by_reason"]["malformed"] == 5
+    assert_same_run(local, r.report)
