@@ -147,6 +147,7 @@ class SymbolFrame:
 
 
 _NEVER = int(np.iinfo(np.int64).max)
+_NO_CUTS = (np.zeros(0, dtype=np.int64), 0, 0, np.zeros(0, dtype=np.int64), 0, 0)
 _FRAME_ARRAYS = ("t", "rows", "u_bid", "u_ask", "b_bid", "b_ask", "fx", "p_mid", "p_sell_u",
                  "p_buy_u", "level", "warm", "cand", "dev_sell_u", "dev_buy_u")
 
@@ -251,9 +252,18 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
     c_cut = c_cut.tolist() + [cand_all.shape[0]]
     e_cut = e_cut.tolist() + [edge_all.shape[0]]
     lo_l, hi_l = lo.tolist(), (lo + sizes).tolist()
-    frames = [SymbolFrame(out, lo_l[j], hi_l[j], carries[j], ewmas[j],
-                          (cand_all, c_cut[j], c_cut[j + 1], edge_all, e_cut[j], e_cut[j + 1]))
-              for j in range(m)]
+    frames = []
+    for j in range(m):
+        a, b = lo_l[j], hi_l[j]
+        if b - a == 1:
+            # a symbol without events: the coordinator may reuse this frame for many batches,
+            # so it gets its own copy of its one element instead of holding this batch's arrays
+            own = {name: arr[a:b].copy() for name, arr in out.items()}
+            frames.append(SymbolFrame(own, 0, 1, carries[j], ewmas[j], _NO_CUTS))
+        else:
+            frames.append(SymbolFrame(out, a, b, carries[j], ewmas[j],
+                                      (cand_all, c_cut[j], c_cut[j + 1], edge_all, e_cut[j],
+                                       e_cut[j + 1])))
     return frames, no_fx
 
 
