@@ -67,6 +67,11 @@ class LatencyModel:
         self._rng.bit_generator.state = state
 
 
+#: what an ingest without rows leaves: no rows, no FX times, no FX mids (never written to)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_FX = np.zeros(0, dtype=np.float64)
+
+
 class _VenueBook:
     """One venue's books for one symbol: the current batch's rows and the last earlier book."""
 
@@ -165,12 +170,19 @@ class PaperExecutor:
         """
         self._fill_pending(watermark_ns - 1)
         self._serial += 1
-        if rows is not None and len(rows) == 0 and self._quiet():
-            # nothing for this executor in the batch and nothing to carry over from the last
-            # one: the state moves on exactly as below, without the array work (live batches
-            # hold one or two books, so most executors take this path most of the time)
-            for book in self._books:
-                book.batch, book.serial = batch, self._serial
+        if rows is not None and len(rows) == 0:
+            # nothing for this executor in the batch (live batches hold one or two books, so
+            # most executors take this path most of the time): the state moves on exactly as
+            # below, without the selection work
+            if self._quiet():  # and nothing to carry over from the last batch either
+                for book in self._books:
+                    book.batch, book.serial = batch, self._serial
+            else:
+                for book in self._books:
+                    book.replace(batch, _NO_ROWS, self._serial)
+                if self._fx_t.size:
+                    self._fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
+                self._fx_t, self._fx_mid = _NO_ROWS, _NO_FX
             self.watermark_ns = max(self.watermark_ns, watermark_ns)
             return
         names = batch.symbols
