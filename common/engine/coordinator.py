@@ -144,7 +144,6 @@ class CoordinatorCore:
         self.initial_price_usd: dict[tuple[str, str], float] = {}
         self.next_mark_ns: int = -1
         self.clock_ns: int = -1
-        self._thr = cfg.strategy.entry_threshold
         self._slip = cfg.max_slippage_bps / 1e4
         self._settle_ns = int(cfg.settle_ms * 1_000_000)
         self._frames: dict[str, SymbolFrame] = {}

@@ -200,7 +200,6 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
     ask = np.empty(n)
     bid[ev] = top.bid[rows[ev]]
     ask[ev] = top.ask[rows[ev]]
-    pos = np.arange(n)
     out: dict[str, np.ndarray] = {"t": t, "rows": rows}
     carry_books = {"u_bid": [c.u_bid for c in carries], "u_ask": [c.u_ask for c in carries],
                    "b_bid": [c.b_bid for c in carries], "b_ask": [c.b_ask for c in carries]}
@@ -209,8 +208,7 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
         vb, va = bid.copy(), ask.copy()
         vb[lo] = carry_books[b_name]
         va[lo] = carry_books[a_name]
-        k = np.where(is_start | (venue == v), pos, 0)
-        np.maximum.accumulate(k, out=k)
+        k = _last_marked(is_start | (venue == v))
         out[b_name], out[a_name] = vb[k], va[k]
     # FX as of each event: fx_t/fx_mid already carry the previous batch's last FX at index 0
     k = np.searchsorted(fx_t, t, side="right") - 1
@@ -225,7 +223,7 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
         p_sell_u = u_bid / (b_ask * fx) - 1.0
         p_buy_u = u_ask / (b_bid * fx) - 1.0
     out.update(p_mid=p_mid, p_sell_u=p_sell_u, p_buy_u=p_buy_u)
-    level, ewmas = _ewma_segments(t, p_mid, lo, sizes, [c.ewma for c in carries],
+    level, ewmas = _ewma_segments(t, p_mid, lo, sizes, ev, [c.ewma for c in carries],
                                   cfg.ewma_halflife_s)
     out["level"] = level
     warm_from = np.fromiter((e.first_t + int(cfg.warmup_s * 1e9) if e.first_t >= 0 else _NEVER
@@ -246,11 +244,9 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
     edge[1:] &= ~cand[:-1]
     cand_all = np.flatnonzero(cand & ev)
     edge_all = np.flatnonzero(edge & ev)
-    c_cut = np.searchsorted(cand_all, lo)
-    e_cut = np.searchsorted(edge_all, lo)
     # frames are views, sliced only when a decision looks at them
-    c_cut = c_cut.tolist() + [cand_all.shape[0]]
-    e_cut = e_cut.tolist() + [edge_all.shape[0]]
+    c_cut = np.searchsorted(cand_all, lo).tolist() + [cand_all.shape[0]]
+    e_cut = np.searchsorted(edge_all, lo).tolist() + [edge_all.shape[0]]
     lo_l, hi_l = lo.tolist(), (lo + sizes).tolist()
     frames = []
     for j in range(m):
@@ -267,10 +263,19 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
     return frames, no_fx
 
 
+def _last_marked(marks: np.ndarray) -> np.ndarray:
+    """For every element, the index of the last marked element at or before it (0 if none)."""
+    k = np.where(marks, np.arange(marks.shape[0]), 0)
+    np.maximum.accumulate(k, out=k)
+    return k
+
+
 def _ewma_segments(t: np.ndarray, x: np.ndarray, lo: np.ndarray, sizes: np.ndarray,
-                   states: list[EwmaState], halflife_s: float) -> tuple[np.ndarray, list[EwmaState]]:
+                   ev: np.ndarray, states: list[EwmaState],
+                   halflife_s: float) -> tuple[np.ndarray, list[EwmaState]]:
     """``ewma_level`` of every segment of a flat array (segment j: ``lo[j]`` for ``sizes[j]``
-    elements, its first element the carry), as one flat array of levels and the new states.
+    elements, its first element the carry; ``ev`` marks the other elements), as one flat array
+    of levels and the new states.
 
     Segments whose observations all fall in the grid period after an earlier observation (the
     common case) are computed together: the same element-wise operations as ``ewma_level`` and
@@ -282,9 +287,8 @@ def _ewma_segments(t: np.ndarray, x: np.ndarray, lo: np.ndarray, sizes: np.ndarr
     n = t.shape[0]
     lam = ewma_lambda(halflife_s)
     period = ewma_grid_ns(lam)
-    fin = np.flatnonzero(np.isfinite(x))
+    fin = np.flatnonzero(ev & np.isfinite(x))  # never the carry element
     seg = np.repeat(np.arange(m), sizes)
-    fin = fin[fin != lo[seg[fin]]]  # never the carry element
     level = np.empty(n)
     new_states = list(states)
     # the carried level leads each segment; observations overwrite their own element below
@@ -293,9 +297,7 @@ def _ewma_segments(t: np.ndarray, x: np.ndarray, lo: np.ndarray, sizes: np.ndarr
     marks[fin] = True
     level[lo] = [s.last for s in states]
     if fin.size == 0:
-        k = np.where(marks, np.arange(n), 0)
-        np.maximum.accumulate(k, out=k)
-        return level[k], new_states
+        return level[_last_marked(marks)], new_states
     fseg = seg[fin]
     tf = t[fin]
     grid = (tf // period) * period
@@ -358,9 +360,7 @@ def _ewma_segments(t: np.ndarray, x: np.ndarray, lo: np.ndarray, sizes: np.ndarr
             new_states[j] = EwmaState(fast_g[q], float(acc[i]), int(ts[i]), states[j].first_t,
                                       float(lv[i]))
     # forward-fill onto every element (events without a finite premium keep the last level)
-    k = np.where(marks, np.arange(n), 0)
-    np.maximum.accumulate(k, out=k)
-    return level[k], new_states
+    return level[_last_marked(marks)], new_states
 
 
 def ewma_lambda(halflife_s: float) -> float:
