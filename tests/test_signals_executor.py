@@ -164,8 +164,9 @@ def test_a_leg_meets_the_book_of_its_own_arrival_even_if_its_twin_arrives_a_batc
     assert res.fill_ts_ns == T0 + 11_200_000_000
 
 
-def test_an_empty_ingest_on_a_quiet_executor_equals_the_full_path():
-    """Batches with nothing for an executor take a shortcut when it holds no rows; its state and
+def test_an_empty_ingest_equals_the_full_path():
+    """Batches with nothing for an executor skip the row selection, both right after a batch
+    with its rows (the books rotate into the carry) and while it stays quiet; its state and
     later fills must be exactly those of the full path (which an index array with other
     symbols' rows still takes)."""
     symtab = SymbolTable(("USDT", "BTC", "ETH"))

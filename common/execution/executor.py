@@ -67,7 +67,8 @@ class LatencyModel:
         self._rng.bit_generator.state = state
 
 
-#: what an ingest without rows leaves: no rows, no FX times, no FX mids (never written to)
+#: what a venue or the FX book has in a batch without its rows: no rows / times, no FX mids
+#: (shared, never written to)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_FX = np.zeros(0, dtype=np.float64)
 
@@ -97,7 +98,7 @@ class _VenueBook:
             self.carry = (bpx.copy(), bsz.copy(), apx.copy(), asz.copy(), int(self.recv[-1]))
             self.carry_key = self.serial * (1 << 32) + last
         self.batch, self.rows, self.serial = batch, rows, serial
-        self.recv = batch.recv_ns[rows]
+        self.recv = batch.recv_ns[rows] if rows.size else _NO_ROWS
 
     def at(self, arrival_ns: int):
         """(key, recv_ns, bid_px, bid_sz, ask_px, ask_sz) of the latest book at or before arrival."""
@@ -172,38 +173,29 @@ class PaperExecutor:
         self._serial += 1
         if rows is not None and len(rows) == 0:
             # nothing for this executor in the batch (live batches hold one or two books, so
-            # most executors take this path most of the time): the state moves on exactly as
-            # below, without the selection work
-            if self._quiet():  # and nothing to carry over from the last batch either
-                for book in self._books:
-                    book.batch, book.serial = batch, self._serial
-            else:
-                for book in self._books:
-                    book.replace(batch, _NO_ROWS, self._serial)
-                if self._fx_t.size:
-                    self._fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
-                self._fx_t, self._fx_mid = _NO_ROWS, _NO_FX
-            self.watermark_ns = max(self.watermark_ns, watermark_ns)
-            return
-        names = batch.symbols
-        fx_id = names.index(FX_SYMBOL) if FX_SYMBOL in names else -2
-        my_id = names.index(self.symbol) if self.symbol in names else -2
-        sel = np.arange(len(batch)) if rows is None else np.asarray(rows, dtype=np.int64)
-        sym, venue = batch.sym[sel], batch.venue[sel]
-        for v in (UPBIT, BINANCE):
-            self._books[v].replace(batch, sel[(sym == my_id) & (venue == v)], self._serial)
-        fx_rows = sel[(sym == fx_id) & (venue == UPBIT)]
+            # most executors, most of the time): no selection work
+            up = bn = fx_rows = _NO_ROWS
+        else:
+            names = batch.symbols
+            fx_id = names.index(FX_SYMBOL) if FX_SYMBOL in names else -2
+            my_id = names.index(self.symbol) if self.symbol in names else -2
+            sel = np.arange(len(batch)) if rows is None else np.asarray(rows, dtype=np.int64)
+            sym, venue = batch.sym[sel], batch.venue[sel]
+            up = sel[(sym == my_id) & (venue == UPBIT)]
+            bn = sel[(sym == my_id) & (venue == BINANCE)]
+            fx_rows = sel[(sym == fx_id) & (venue == UPBIT)]
+        self._books[UPBIT].replace(batch, up, self._serial)
+        self._books[BINANCE].replace(batch, bn, self._serial)
         if self._fx_t.size:
             self._fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
-        self._fx_t = batch.recv_ns[fx_rows]
-        # valid rows are never empty, so each row's first level is its best price
-        self._fx_mid = (batch.bid_px[batch.bid_off[fx_rows]] + batch.ask_px[batch.ask_off[fx_rows]]) * 0.5
+        if fx_rows.size:
+            self._fx_t = batch.recv_ns[fx_rows]
+            # valid rows are never empty, so each row's first level is its best price
+            self._fx_mid = (batch.bid_px[batch.bid_off[fx_rows]]
+                            + batch.ask_px[batch.ask_off[fx_rows]]) * 0.5
+        else:
+            self._fx_t, self._fx_mid = _NO_ROWS, _NO_FX
         self.watermark_ns = max(self.watermark_ns, watermark_ns)
-
-    def _quiet(self) -> bool:
-        """No current rows on either venue and no FX rows: an empty ingest changes nothing but
-        the batch and the serial."""
-        return not (self._books[0].rows.size or self._books[1].rows.size or self._fx_t.size)
 
     def fx_mid_at(self, t_ns: int) -> float:
         k = int(np.searchsorted(self._fx_t, t_ns, side="right")) - 1
