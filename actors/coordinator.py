@@ -1,7 +1,7 @@
 """Coordinator: the Ray shell around CoordinatorCore, the one brain of a Ray run.
 
-It receives each batch's top-of-book stream plus the ObjectRef of the batch's ``FeedPart`` (every
-symbol's rows), queues its ingest for every symbol actor before walking the batch (so a leg is
+It receives each batch's top-of-book stream plus the batch's ``FeedPart`` (every symbol's rows; an
+ObjectRef, or the part itself for a small live batch), queues its ingest for every symbol actor before walking the batch (so a leg is
 always filled with all data up to its arrival: the port sends queued batches ahead of any trade or
 collect), then lets the core decide, dispatch and settle through the RayExecutionPort.
 Trade rows go to the TradeLoggerActor and KPI calls to the KpiActor, one remote call each per batch.

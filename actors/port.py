@@ -98,8 +98,9 @@ class RayExecutionPort:
         self.calls_sent += 1
 
     def ingest(self, parts_ref, watermark_ns: int, rows: int = 0) -> None:
-        """Queue the next batch (the ObjectRef of a ``FeedPart``, ``rows`` rows) for every
-        symbol actor; it travels with the actor's next call."""
+        """Queue the next batch (the ObjectRef of a ``FeedPart``, or for a small live batch the
+        part itself; ``rows`` rows) for every symbol actor; it travels with the actor's next
+        call, or within ``HOT_FLUSH_S`` to an actor with trades outstanding."""
         for link in self.links.values():
             link.ops.append((OP_INGEST, watermark_ns, parts_ref))
             link.queued_batches += 1
