@@ -18,6 +18,7 @@ set when a fill becomes due, not the wall-clock processing measured. Prints a ta
 10x / 1x ratio.
 
     python bench/live_latency.py [--seconds 20] [--symbols 20] [--rates 10,100]
+                                 [--feeds thread,process] [--engines local,ray]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from common.engine.build import coordinator_config, validate_batch  # noqa: E402
 from common.engine.coordinator import CoordinatorCore  # noqa: E402
 from common.engine.local import LocalExecution  # noqa: E402
 from common.marketdata.live import LiveConfig, LiveSource  # noqa: E402
+from common.marketdata.live_process import LiveFeedProcess  # noqa: E402
 from common.marketdata.validate import BookValidator  # noqa: E402
 from common.reporting.kpi import KpiAccumulator  # noqa: E402
 from common.settings import Settings  # noqa: E402
@@ -88,7 +90,10 @@ def pct(values: list[int], p: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64) / 1e6, p)) if values else float("nan")
 
 
-def run_once(symbols: int, rate_hz: float, seconds: float) -> dict:
+FEEDS = {"process": LiveFeedProcess, "thread": LiveSource}
+
+
+def run_once(symbols: int, rate_hz: float, seconds: float, feed_kind: str = "process") -> dict:
     proc, env = start_fakes(symbols, rate_hz)
     try:
         s = Settings.from_env(overrides={
@@ -96,7 +101,7 @@ def run_once(symbols: int, rate_hz: float, seconds: float) -> dict:
             "upbit_rest_url": env["UPBIT_REST_URL"], "upbit_ws_url": env["UPBIT_WS_URL"],
             "binance_rest_url": env["BINANCE_REST_URL"], "binance_ws_url": env["BINANCE_WS_URL"],
         })
-        src = LiveSource(LiveConfig.from_settings(s), duration_s=seconds)
+        src = FEEDS[feed_kind](LiveConfig.from_settings(s), duration_s=seconds)
         src.start()
         names = list(src.symbols)
         ids = {n: src.symtab.id_of(n) for n in names}
@@ -127,7 +132,8 @@ def run_once(symbols: int, rate_hz: float, seconds: float) -> dict:
         port.measuring = False
         coord.finish()
         return {
-            "symbols": len(names), "rate_hz": rate_hz, "books_per_s": rows / wall,
+            "feed": feed_kind, "symbols": len(names), "rate_hz": rate_hz,
+            "books_per_s": rows / wall,
             "rows_per_batch": rows / max(batches, 1), "trades": len(port.decide_ns),
             "feed_p50": pct(feed, 50), "feed_p99": pct(feed, 99),
             "decide_p50": pct(port.decide_ns, 50), "decide_p99": pct(port.decide_ns, 99),
@@ -189,29 +195,44 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--symbols", type=int, default=20)
     p.add_argument("--rates", default="10,100", help="book updates per second per stream")
+    p.add_argument("--feeds", default="thread,process",
+                   help="live sources compared: 'thread' (clients in a thread of the engine's "
+                        "process: the baseline) and 'process' (their own process: the default)")
     p.add_argument("--engines", default="local,ray",
                    help="engines also run end to end through run.py (empty: none)")
     args = p.parse_args()
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-    results = [run_once(args.symbols, float(r), args.seconds) for r in args.rates.split(",")]
-    print(f"{'rate/stream':>11} {'books/s':>8} {'rows/batch':>10} {'trades':>6} "
+    feeds = [f for f in args.feeds.split(",") if f]
+    results = [run_once(args.symbols, float(r), args.seconds, f)
+               for r in args.rates.split(",") for f in feeds]
+    print(f"{'feed':>7} {'rate/stream':>11} {'books/s':>8} {'rows/batch':>10} {'trades':>6} "
           f"{'feed p50/p99 ms':>16} {'decide p50/p99 ms':>18} {'tick->fill p50/p99 ms':>22} "
           f"{'engine/batch p50/p99 ms':>24} {'busy':>5}")
     for r in results:
-        print(f"{r['rate_hz']:>9g}Hz {r['books_per_s']:>8.0f} {r['rows_per_batch']:>10.1f} "
+        print(f"{r['feed']:>7} {r['rate_hz']:>9g}Hz {r['books_per_s']:>8.0f} {r['rows_per_batch']:>10.1f} "
               f"{r['trades']:>6} {r['feed_p50']:>7.2f} / {r['feed_p99']:<6.2f} "
               f"{r['decide_p50']:>8.2f} / {r['decide_p99']:<7.2f} "
               f"{r['fill_p50']:>10.2f} / {r['fill_p99']:<8.2f}  "
               f"{r['engine_batch_p50']:>10.2f} / {r['engine_batch_p99']:<9.2f} "
               f"{r['engine_busy']:>5.0%}")
-    if len(results) > 1:
-        base, top = results[0], results[-1]
-        print(f"ratio {top['rate_hz']:g}Hz / {base['rate_hz']:g}Hz: tick->fill p50 "
-              f"{top['fill_p50'] / base['fill_p50']:.2f}x, p99 "
-              f"{top['fill_p99'] / base['fill_p99']:.2f}x")
-    ok = all(r["fill_p50"] < 2.0 and r["fill_p99"] < 10.0 for r in results)
-    print(f"targets (local p50 < 2 ms, p99 < 10 ms): {'met' if ok else 'NOT met'}")
+    for f in feeds:
+        mine = [r for r in results if r["feed"] == f]
+        if len(mine) > 1:
+            base, top = mine[0], mine[-1]
+            print(f"{f}: ratio {top['rate_hz']:g}Hz / {base['rate_hz']:g}Hz: tick->fill p50 "
+                  f"{top['fill_p50'] / base['fill_p50']:.2f}x, p99 "
+                  f"{top['fill_p99'] / base['fill_p99']:.2f}x")
+    if len(feeds) > 1:
+        for r in args.rates.split(","):
+            base, new = (next(x for x in results if x["feed"] == f and x["rate_hz"] == float(r))
+                         for f in (feeds[0], feeds[-1]))
+            print(f"{float(r):g}Hz: tick->fill {feeds[-1]} / {feeds[0]}: p50 "
+                  f"{new['fill_p50'] / base['fill_p50']:.2f}x, p99 "
+                  f"{new['fill_p99'] / base['fill_p99']:.2f}x")
+    for f in feeds:
+        ok = all(r["fill_p50"] < 2.0 and r["fill_p99"] < 10.0 for r in results if r["feed"] == f)
+        print(f"{f}: targets (local p50 < 2 ms, p99 < 10 ms): {'met' if ok else 'NOT met'}")
     cli = [run_cli(eng, args.symbols, float(r), args.seconds)
            for eng in filter(None, args.engines.split(",")) for r in args.rates.split(",")]
     if cli:

@@ -12,6 +12,7 @@ import pytest
 
 from common.marketdata.batch import BookBatch, SymbolTable
 from common.marketdata.live import LiveConfig, LiveSource
+from common.marketdata.live_process import LiveFeedProcess
 from common.marketdata.record import RecordingWriter, read_topn_events, recorded_symbols
 from common.marketdata.replay import DataSourceError, ReplaySource
 from common.marketdata.validate import BookValidator, count_reasons
@@ -28,18 +29,23 @@ def config(fakes: FakeExchanges, **kw) -> LiveConfig:
     return LiveConfig(**base)
 
 
+SOURCES = {"thread": LiveSource, "process": LiveFeedProcess}
+
+
 @dataclasses.dataclass
 class Run:
-    src: LiveSource
+    src: LiveSource | LiveFeedProcess
     batch: BookBatch
     rejects: dict
     marks: dict  # action name -> time.time_ns() when it fired
 
 
-def run_source(fakes, seconds: float, actions=(), record_path=None, **kw) -> Run:
-    """Consume the source for ``seconds``; ``actions``: (after_s, name, fn) fired on the way."""
-    src = LiveSource(config(fakes, **kw), SymbolTable(), record_path=record_path,
-                     duration_s=seconds)
+def run_source(fakes, seconds: float, actions=(), record_path=None, kind="thread",
+               symtab=None, **kw) -> Run:
+    """Consume the source for ``seconds``; ``actions``: (after_s, name, fn) fired on the way
+    (``fn`` gets the source). ``kind``: the clients in a thread of this process or in their own."""
+    src = SOURCES[kind](config(fakes, **kw), symtab if symtab is not None else SymbolTable(),
+                        record_path=record_path, duration_s=seconds)
     src.start()
     t0 = time.monotonic()
     todo = sorted(actions, key=lambda a: a[0])
@@ -52,7 +58,7 @@ def run_source(fakes, seconds: float, actions=(), record_path=None, **kw) -> Run
         while todo and time.monotonic() - t0 >= todo[0][0]:
             _, name, fn = todo.pop(0)
             marks[name] = time.time_ns()
-            fn()
+            fn(src)
     assert not todo, "the run ended before every action fired"
     return Run(src, BookBatch.concat(batches), rejects, marks)
 
@@ -66,14 +72,26 @@ def all_streams(symbols) -> set[tuple[int, str]]:
     return {(v, s) for s in symbols for v in (UPBIT, BINANCE)} | {(UPBIT, "USDT")}
 
 
+def stopped(src) -> bool:
+    """The source's I/O thread, or its process, has ended."""
+    if isinstance(src, LiveFeedProcess):
+        return src._proc.poll() is not None
+    return not src._thread.is_alive()
+
+
 @pytest.fixture(scope="module")
 def fakes():
     with FakeExchanges() as f:
         yield f
 
 
-def test_books_for_every_topn_symbol_and_fx(fakes):
-    run = run_source(fakes, 3.0)
+@pytest.fixture(params=["thread", "process"])
+def kind(request) -> str:
+    return request.param
+
+
+def test_books_for_every_topn_symbol_and_fx(fakes, kind):
+    run = run_source(fakes, 3.0, kind=kind)
     assert run.src.symbols == ("BTC", "XRP", "ETH", "SOL", "DOGE")
     b = run.batch
     assert streams_after(b, 0) == all_streams(run.src.symbols)
@@ -85,14 +103,15 @@ def test_books_for_every_topn_symbol_and_fx(fakes):
     assert (b.n_bid[up] == 15).all() and (b.n_bid[~up] == 20).all()
     # ts_ns is the venue's event time (ms precision), recv_ns the local receive time
     assert (b.ts_ns % 1_000_000 == 0).all() and (b.recv_ns >= b.ts_ns - 10**9).all()
-    assert not run.src._thread.is_alive()
+    assert stopped(run.src)
 
 
-def test_dropped_connections_reconnect_and_resync(fakes):
+def test_dropped_connections_reconnect_and_resync(fakes, kind):
     before = dict(fakes.stats)
     depth_before = fakes.stats["depth_requests"]
-    run = run_source(fakes, 5.0, actions=[(1.5, "drop", lambda: (fakes.drop("upbit"),
-                                                                  fakes.drop("binance")))])
+    run = run_source(fakes, 5.0, kind=kind,
+                     actions=[(1.5, "drop", lambda _: (fakes.drop("upbit"),
+                                                       fakes.drop("binance")))])
     assert run.src.stats["reconnects"] >= 2
     assert fakes.stats["upbit_connections"] >= before["upbit_connections"] + 2
     assert fakes.stats["binance_connections"] >= before["binance_connections"] + 2
@@ -102,9 +121,9 @@ def test_dropped_connections_reconnect_and_resync(fakes):
     assert (np.diff(run.batch.recv_ns) >= 0).all()
 
 
-def test_sequence_gap_triggers_a_resync(fakes):
+def test_sequence_gap_triggers_a_resync(fakes, kind):
     depth_before = fakes.stats["depth_requests"]
-    run = run_source(fakes, 4.0, actions=[(1.5, "gap", lambda: fakes.gap("XRPUSDT"))])
+    run = run_source(fakes, 4.0, kind=kind, actions=[(1.5, "gap", lambda _: fakes.gap("XRPUSDT"))])
     assert run.rejects.get("sequence_gap", 0) >= 1
     assert run.src.stats["sequence_gaps"] >= 1
     assert fakes.stats["depth_requests"] >= depth_before + len(run.src.symbols) + 1
@@ -120,10 +139,10 @@ def _upbit_frame(units, code="KRW-BTC") -> bytes:
                                               "bid_size": 1.0} for a, b in units]})
 
 
-def test_malformed_frames_are_counted_and_dropped(fakes):
+def test_malformed_frames_are_counted_and_dropped(fakes, kind):
     btc = 95000.0 * 1400 * 1.02
 
-    def inject():
+    def inject(_):
         fakes.inject("upbit", b"\x00\x01garbage\xff")
         fakes.inject("upbit", _upbit_frame([(btc, btc * 1.01)]))  # crossed
         fakes.inject("upbit", _upbit_frame([(btc, 0.0)]))  # zero price
@@ -132,7 +151,7 @@ def test_malformed_frames_are_counted_and_dropped(fakes):
         fakes.inject("binance", '{"stream":"ethusdt@depth@100ms","data":{"e":"depthUpdate",'
                                 '"E":1,"s":"ETHUSDT","U":1,"u":2,"b":[["NaN","1.0"]],"a":[]}}')
 
-    run = run_source(fakes, 4.0, actions=[(1.5, "inject", inject)])
+    run = run_source(fakes, 4.0, kind=kind, actions=[(1.5, "inject", inject)])
     codes = BookValidator().validate(run.batch)
     reasons = dict(run.rejects)
     for k, v in count_reasons(codes).items():
@@ -148,9 +167,9 @@ def test_malformed_frames_are_counted_and_dropped(fakes):
     assert streams_after(run.batch, run.marks["inject"]) == all_streams(run.src.symbols)
 
 
-def test_a_silent_venue_is_stale_and_blocks_trading_data(fakes):
-    run = run_source(fakes, 5.0, stale_ms=400,
-                     actions=[(1.5, "silence", lambda: fakes.silence("binance", 1.5))])
+def test_a_silent_venue_is_stale_and_blocks_trading_data(fakes, kind):
+    run = run_source(fakes, 5.0, stale_ms=400, kind=kind,
+                     actions=[(1.5, "silence", lambda _: fakes.silence("binance", 1.5))])
     assert run.src.stats["stale_periods"] >= 1
     assert run.src.stats["reconnects"] >= 1  # silent for three STALE_MS: link renewed
     assert run.rejects.get("stale", 0) > 0  # Upbit books held back while Binance was silent
@@ -158,24 +177,17 @@ def test_a_silent_venue_is_stale_and_blocks_trading_data(fakes):
         run.src.symbols)
 
 
-def test_topn_refresh_emits_membership_changes():
-    run_release = []
-    real_start = LiveSource.start
+def test_topn_refresh_emits_membership_changes(kind):
+    with FakeExchanges() as f:
 
-    def start(self):  # capture the source so the action can release XRP once it is flat
-        run_release.append(self.release)
-        return real_start(self)
-
-    with FakeExchanges() as f, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(LiveSource, "start", start)
-
-        def promote():
+        def promote(_):
             f.assets = tuple(dataclasses.replace(a, upbit_value_usd=5e10, binance_value_usd=5e10)
                              if a.symbol == "LINK" else a for a in f.assets)
 
-        run = run_source(f, 5.0, topn_size=2, topn_refresh_s=1.0,
+        # released once flat (as the coordinator does)
+        run = run_source(f, 5.0, topn_size=2, topn_refresh_s=1.0, kind=kind,
                          actions=[(0.2, "promote", promote),
-                                  (3.5, "release", lambda: run_release[0]("XRP"))])
+                                  (3.5, "release", lambda src: src.release("XRP"))])
     events = run.src.topn_events
     assert events[0]["event"] == "topn" and events[0]["members"] == ["BTC", "XRP"]
     change = next(e for e in events[1:] if e["event"] == "topn")
@@ -196,9 +208,9 @@ def test_topn_refresh_emits_membership_changes():
     assert "XRP" not in after_drain and {"BTC", "LINK", "USDT"} <= after_drain
 
 
-def test_recording_is_readable_and_replays_the_same_rows(fakes, tmp_path):
+def test_recording_is_readable_and_replays_the_same_rows(fakes, tmp_path, kind):
     out = tmp_path / "rec"
-    run = run_source(fakes, 3.0, record_path=str(out))
+    run = run_source(fakes, 3.0, record_path=str(out), kind=kind)
     parts = sorted(out.glob("part-*.parquet"))
     assert parts and not list(out.glob(".part-*"))
     replayed = list(ReplaySource(out, SymbolTable(run.batch.symbols)).batches())

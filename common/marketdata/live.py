@@ -29,7 +29,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -127,6 +127,9 @@ class LiveSource:
         self._stopped = False
         self._started = False
         self._flowing: set[str] = set()  # symbols whose books have reached the engine
+        # -- push mode (see push_to) ----------------------------------------------------------------
+        self._push_cb: Callable[[BookBatch | None, dict[str, int], list[dict]], None] | None = None
+        self._push_due = False
 
     # == lifecycle (engine thread) =================================================================
     def start(self) -> tuple[str, ...]:
@@ -198,8 +201,8 @@ class LiveSource:
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=2.0)
+        self._flush_events()
         if self.recorder is not None:
-            self._flush_events_to_recorder()
             self.recorder.close()
         try:
             atexit.unregister(self.stop)
@@ -213,12 +216,13 @@ class LiveSource:
 
     # == the engine side ===========================================================================
     def batches(self) -> Iterator[tuple[BookBatch, dict[str, int]]]:
-        """Batches of the rows received, in recv_ns order, until the duration or Ctrl-C."""
+        """Batches of the rows received, in recv_ns order, until the duration, Ctrl-C or
+        ``stop()`` (from another thread)."""
         self.start()
         t_end = None if self.duration_s is None else time.monotonic() + self.duration_s
         carry: dict[str, int] = {}
         try:
-            while True:
+            while not self._stopped:
                 wait = self.cfg.poll_s
                 if t_end is not None:
                     left = t_end - time.monotonic()
@@ -255,12 +259,49 @@ class LiveSource:
             events, self._events = self._events, []
         return rows, rejects, events
 
-    def _flush_events_to_recorder(self) -> None:
+    def push_to(self, callback: Callable[[BookBatch | None, dict[str, int], list[dict]], None]
+                ) -> tuple[str, ...]:
+        """Instead of ``batches()``: hand ``callback(batch or None, rejects, events)`` what has
+        arrived, from the I/O thread, once per turn of its event loop in which anything arrived
+        (every book parsed in one turn travels together; no hand-over to another thread).
+        Runs until ``stop()``; events are also appended to ``topn_events``."""
+        self.start()
+        self._push_cb = callback
+        self._loop.call_soon_threadsafe(self._push)  # what start() published already
+        return self.symbols
+
+    def _wake(self) -> None:
+        """(Under ``_cond``) something arrived: wake ``batches()``, or schedule one push."""
+        self._cond.notify()
+        if self._push_cb is not None and not self._push_due:
+            self._push_due = True
+            if threading.get_ident() == self._thread.ident:
+                self._loop.call_soon(self._push)
+            else:
+                self._loop.call_soon_threadsafe(self._push)
+
+    def _push(self) -> None:
+        with self._cond:
+            self._push_due = False
+            rows, self._out = self._out, []
+            rejects, self._rejects = self._rejects, {}
+            events, self._events = self._events, []
+        self.topn_events.extend(events)
+        batch = None
+        if rows:
+            batch = rows_to_batch(rows, self.symtab)
+            self.stats["rows_emitted"] += len(batch)
+        if batch is not None or rejects or events:
+            self._push_cb(batch, rejects, events)
+
+    def _flush_events(self) -> None:
+        """Events published after the last batch (e.g. a drain) still reach ``topn_events``."""
         with self._cond:
             events, self._events = self._events, []
         for ev in events:
             self.topn_events.append(ev)
-            self.recorder.write_event(ev)
+            if self.recorder is not None:
+                self.recorder.write_event(ev)
 
     # == the I/O thread ============================================================================
     async def _setup(self) -> TopNSelection:
@@ -360,7 +401,7 @@ class LiveSource:
     def _publish_event(self, ev: dict) -> None:
         with self._cond:
             self._events.append(ev)
-            self._cond.notify()
+            self._wake()
 
     # -- FeedSink (called in the I/O loop) ----------------------------------------------------------
     def now_ns(self) -> int:
@@ -428,6 +469,8 @@ class LiveSource:
     def _count(self, reason: str, n: int = 1) -> None:
         with self._cond:
             self._rejects[reason] = self._rejects.get(reason, 0) + n
+            if self._push_cb is not None:
+                self._wake()
 
     def on_row(self, row: BookRow) -> None:
         if row.symbol != FX_SYMBOL and row.symbol not in self._unsynced:
@@ -444,7 +487,7 @@ class LiveSource:
         with self._cond:
             self._out.append(row)
             if len(self._out) == 1:
-                self._cond.notify()
+                self._wake()
 
     def _release(self) -> None:
         now_mono = time.monotonic_ns()
@@ -457,7 +500,7 @@ class LiveSource:
         now = self._last_now or self.now_ns()
         with self._cond:
             self._out.extend(r.restamped(now) for r in rows)
-            self._cond.notify()
+            self._wake()
 
     def _note_ready(self, row: BookRow) -> None:
         seen = self._awaiting_ready.get(row.symbol)
@@ -471,10 +514,16 @@ class LiveSource:
 
 
 def open_live(settings, duration_s: float | None, record_path: str | None = None,
-              symtab: SymbolTable | None = None) -> LiveSource:
-    """A started live source for ``settings`` (TopN selected, streams opening)."""
+              symtab: SymbolTable | None = None, in_process: bool = False):
+    """A started live source for ``settings`` (TopN selected, streams opening).
+
+    By default the clients run in a process of their own (``LiveFeedProcess``), so that parsing
+    the books does not take the engine's interpreter; ``in_process``: in a thread beside it."""
+    from common.marketdata.live_process import LiveFeedProcess
+
+    kind = LiveSource if in_process else LiveFeedProcess
     try:
-        src = LiveSource(LiveConfig.from_settings(settings), symtab, record_path, duration_s)
+        src = kind(LiveConfig.from_settings(settings), symtab, record_path, duration_s)
     except FileExistsError as exc:
         raise DataSourceError(str(exc)) from None
     src.start()
