@@ -24,7 +24,9 @@ from common.marketdata.validate import BookValidator
 from common.reporting.kpi import KpiAccumulator
 from common.reporting.trade_log import TradeLogger
 from common.settings import Settings
-from common.types import ExecutionResult, Trade
+from common.types import UPBIT, ExecutionResult, Trade
+
+_NONE = np.zeros(0, dtype=np.int64)
 
 
 class LocalExecution:
@@ -44,12 +46,17 @@ class LocalExecution:
     def ingest(self, vb, symbol_ids: dict[str, int], fx_id: int) -> None:
         """Hand each executor its symbol's valid rows plus the FX rows (indices, no copies)."""
         batch, valid, top = vb.batch, vb.valid_rows, vb.top
-        fx_rows = valid[top.rows_of(fx_id)]
+        fx = top.rows_of(fx_id)
+        fx_rows = valid[fx[top.venue[fx] == UPBIT]]
         for name, ex in self.executors.items():
             mine = top.rows_of(symbol_ids[name])
-            # no sort needed: each venue's rows and the FX rows stay ascending within their part
-            rows = np.concatenate((valid[mine], fx_rows)) if mine.size else fx_rows
-            ex.ingest(batch, top.start_ns, rows)
+            if mine.size:
+                # rows_of keeps row order, so each venue's part stays ascending
+                on_upbit = top.venue[mine] == UPBIT
+                ex.ingest_split(batch, top.start_ns, valid[mine[on_upbit]],
+                                valid[mine[~on_upbit]], fx_rows)
+            else:
+                ex.ingest_split(batch, top.start_ns, _NONE, _NONE, fx_rows)
 
     def submit(self, symbol: str, trades: list[Trade]) -> None:
         self.executors[symbol].submit(trades)

@@ -169,21 +169,27 @@ class PaperExecutor:
         ``watermark_ns`` is the engine clock at the start of the batch: every leg arriving
         before it is filled now against the books it can see, before they are replaced.
         """
-        self._fill_pending(watermark_ns - 1)
-        self._serial += 1
         if rows is not None and len(rows) == 0:
             # nothing for this executor in the batch (live batches hold one or two books, so
             # most executors, most of the time): no selection work
-            up = bn = fx_rows = _NO_ROWS
-        else:
-            names = batch.symbols
-            fx_id = names.index(FX_SYMBOL) if FX_SYMBOL in names else -2
-            my_id = names.index(self.symbol) if self.symbol in names else -2
-            sel = np.arange(len(batch)) if rows is None else np.asarray(rows, dtype=np.int64)
-            sym, venue = batch.sym[sel], batch.venue[sel]
-            up = sel[(sym == my_id) & (venue == UPBIT)]
-            bn = sel[(sym == my_id) & (venue == BINANCE)]
-            fx_rows = sel[(sym == fx_id) & (venue == UPBIT)]
+            self.ingest_split(batch, watermark_ns, _NO_ROWS, _NO_ROWS, _NO_ROWS)
+            return
+        names = batch.symbols
+        fx_id = names.index(FX_SYMBOL) if FX_SYMBOL in names else -2
+        my_id = names.index(self.symbol) if self.symbol in names else -2
+        sel = np.arange(len(batch)) if rows is None else np.asarray(rows, dtype=np.int64)
+        sym, venue = batch.sym[sel], batch.venue[sel]
+        self.ingest_split(batch, watermark_ns, sel[(sym == my_id) & (venue == UPBIT)],
+                          sel[(sym == my_id) & (venue == BINANCE)],
+                          sel[(sym == fx_id) & (venue == UPBIT)])
+
+    def ingest_split(self, batch: BookBatch, watermark_ns: int, up: np.ndarray, bn: np.ndarray,
+                     fx_rows: np.ndarray) -> None:
+        """``ingest`` with the rows already split: this symbol's Upbit rows, its Binance rows
+        and the FX book's (Upbit) rows, each ascending (the local engine splits them for every
+        executor at once)."""
+        self._fill_pending(watermark_ns - 1)
+        self._serial += 1
         self._books[UPBIT].replace(batch, up, self._serial)
         self._books[BINANCE].replace(batch, bn, self._serial)
         if self._fx_t.size:

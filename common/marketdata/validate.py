@@ -129,8 +129,10 @@ class BookValidator:
     def __init__(self) -> None:
         self._max_recv = _I64_MIN
         self._seen_any = False
-        #: (venue code, symbol name) -> last accepted ts_ns
-        self._last_ts: dict[tuple[int, str], int] = {}
+        #: last accepted ts_ns per stream, at ``symbol id * venues + venue`` of the symbol table
+        #: ``_syms`` (which only grows in a run); _I64_MIN where nothing was accepted yet
+        self._syms: tuple[str, ...] = ()
+        self._floor = np.zeros(0, dtype=np.int64)
 
     def validate(self, batch: BookBatch) -> np.ndarray:
         """int8 reason code per row (0 = valid); advances the state past this batch."""
@@ -151,31 +153,43 @@ class BookValidator:
 
         cand = np.flatnonzero((codes == OK) & ~late)
         accepted = np.zeros(n, dtype=bool)
-        n_sym = len(batch.symbols)
         if cand.shape[0]:
-            key = batch.venue[cand].astype(np.int64) * n_sym + batch.sym[cand]
-            accepted[cand] = self._stream_in_order(key, ts[cand], batch.symbols)
+            self._align(batch.symbols)
+            key = batch.sym[cand].astype(np.int64) * _N_VENUES + batch.venue[cand]
+            ok = self._stream_in_order(key, ts[cand])
+            accepted[cand] = ok
+            # advance the state: accepted ts never decrease within a stream
+            np.maximum.at(self._floor, key[ok], ts[cand[ok]])
         codes[(codes == OK) & ~accepted] = OUT_OF_ORDER
-
-        # advance the state
         self._max_recv = max(self._max_recv, int(recv.max()))
         self._seen_any = True
-        acc = np.flatnonzero(accepted)
-        if acc.shape[0]:
-            key = batch.venue[acc].astype(np.int64) * n_sym + batch.sym[acc]
-            # accepted ts never decrease within a stream, so the last one is the maximum; a
-            # stable 16-bit sort (radix, linear) groups the streams keeping row order
-            order = np.argsort(key.astype(np.int16) if key.max() < 32768 else key, kind="stable")
-            ks = key[order]
-            ends = np.flatnonzero(np.append(ks[1:] != ks[:-1], True))
-            last_rows = acc[order[ends]]
-            for k, row in zip(ks[ends].tolist(), last_rows.tolist(), strict=True):
-                self._last_ts[(k // n_sym, batch.symbols[k % n_sym])] = int(ts[row])
         return codes
 
-    def _stream_in_order(
-        self, key: np.ndarray, ts: np.ndarray, symbols: tuple[str, ...]
-    ) -> np.ndarray:
+    def _align(self, symbols: tuple[str, ...]) -> None:
+        """Index the state by ``symbols`` (a table that grew: extend; another one: re-key)."""
+        have = self._syms
+        if len(symbols) == len(have) and (symbols is have or symbols == have):
+            return
+        if symbols[:len(have)] == have:
+            grown = np.full(len(symbols) * _N_VENUES, _I64_MIN, dtype=np.int64)
+            grown[:self._floor.shape[0]] = self._floor
+            self._floor = grown
+        else:
+            last = self._last_by_stream()
+            self._floor = np.full(len(symbols) * _N_VENUES, _I64_MIN, dtype=np.int64)
+            for i, name in enumerate(symbols):
+                for v in range(_N_VENUES):
+                    self._floor[i * _N_VENUES + v] = last.get((v, name), _I64_MIN)
+        self._syms = tuple(symbols)
+
+    def _last_by_stream(self) -> dict[tuple[int, str], int]:
+        """(venue code, symbol name) -> last accepted ts_ns."""
+        out = {}
+        for k in np.flatnonzero(self._floor != _I64_MIN).tolist():
+            out[(k % _N_VENUES, self._syms[k // _N_VENUES])] = int(self._floor[k])
+        return out
+
+    def _stream_in_order(self, key: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Which candidate rows keep their stream's ts_ns non-decreasing.
 
         A candidate is accepted iff its ts_ns is >= the stream's last accepted ts_ns from earlier
@@ -184,15 +198,9 @@ class BookValidator:
         larger accepted one): a segmented running maximum, no sequential loop.
         """
         m = key.shape[0]
-        n_sym = len(symbols)
-        floor = np.full(_N_VENUES * max(n_sym, 1), _I64_MIN, dtype=np.int64)
-        index = {name: i for i, name in enumerate(symbols)}
-        for (venue, name), last in self._last_ts.items():
-            i = index.get(name)
-            if i is not None:
-                floor[venue * n_sym + i] = last
-        ok_state = ts >= floor[key]
-
+        ok_state = ts >= self._floor[key]
+        if m == 1:
+            return ok_state
         # keys are small ints: a 16-bit stable sort is a radix sort, linear in m
         order = np.argsort(key.astype(np.int16) if key.max() < 32768 else key, kind="stable")
         ks = key[order]
@@ -219,7 +227,7 @@ class BookValidator:
     def get_state(self) -> dict:
         """A plain (picklable, JSON-able) snapshot of the state."""
         last: dict[str, dict[str, int]] = {name: {} for name in VENUE_NAMES}
-        for (venue, sym), ts in sorted(self._last_ts.items()):
+        for (venue, sym), ts in sorted(self._last_by_stream().items()):
             last[VENUE_NAMES[venue]][sym] = ts
         return {
             "max_recv_ns": self._max_recv if self._seen_any else None,
@@ -231,8 +239,11 @@ class BookValidator:
         mr = state.get("max_recv_ns")
         self._seen_any = mr is not None
         self._max_recv = int(mr) if mr is not None else _I64_MIN
-        self._last_ts = {
-            (VENUE_CODES[venue], sym): int(ts)
-            for venue, per_sym in state.get("last_ts_ns", {}).items()
-            for sym, ts in per_sym.items()
-        }
+        last = {(VENUE_CODES[venue], sym): int(ts)
+                for venue, per_sym in state.get("last_ts_ns", {}).items()
+                for sym, ts in per_sym.items()}
+        names = tuple(dict.fromkeys(sym for _, sym in sorted(last, key=lambda k: k[1])))
+        self._syms = names
+        self._floor = np.full(len(names) * _N_VENUES, _I64_MIN, dtype=np.int64)
+        for (v, sym), ts in last.items():
+            self._floor[names.index(sym) * _N_VENUES + v] = ts

@@ -248,14 +248,17 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
     c_cut = np.searchsorted(cand_all, lo).tolist() + [cand_all.shape[0]]
     e_cut = np.searchsorted(edge_all, lo).tolist() + [edge_all.shape[0]]
     lo_l, hi_l = lo.tolist(), (lo + sizes).tolist()
+    # symbols without events: the coordinator may reuse their frames for many batches, so they
+    # share small copies of their one element each instead of holding this batch's arrays
+    idle = np.flatnonzero(sizes == 1)
+    idle_at = dict(zip(idle.tolist(), range(idle.shape[0]), strict=True))
+    own = {name: arr[lo[idle]] for name, arr in out.items()} if idle.shape[0] else {}
     frames = []
     for j in range(m):
         a, b = lo_l[j], hi_l[j]
         if b - a == 1:
-            # a symbol without events: the coordinator may reuse this frame for many batches,
-            # so it gets its own copy of its one element instead of holding this batch's arrays
-            own = {name: arr[a:b].copy() for name, arr in out.items()}
-            frames.append(SymbolFrame(own, 0, 1, carries[j], ewmas[j], _NO_CUTS))
+            i = idle_at[j]
+            frames.append(SymbolFrame(own, i, i + 1, carries[j], ewmas[j], _NO_CUTS))
         else:
             frames.append(SymbolFrame(out, a, b, carries[j], ewmas[j],
                                       (cand_all, c_cut[j], c_cut[j + 1], edge_all, e_cut[j],
