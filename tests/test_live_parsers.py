@@ -190,6 +190,30 @@ def test_binance_stale_snapshot_is_refetched():
     assert book.last_id == 110 and book.bids == {1.0: 1.0}
 
 
+def test_binance_top_of_book_after_many_random_diffs():
+    """The top levels stay exactly the best prices of the book (new, changed and removed
+    levels, removals of prices that were never there, both sides crossing the old touch)."""
+    import heapq
+    import random
+
+    rng = random.Random(3)
+    book = DiffBook("X")
+    book.load_snapshot(0, [(float(p), 1.0) for p in range(90, 100)],
+                       [(float(p), 1.0) for p in range(101, 111)])
+    for k in range(2000):
+        bids = [(float(rng.randint(60, 105)), rng.choice([0.0, 0.5, 2.0])) for _ in range(8)]
+        asks = [(float(rng.randint(95, 140)), rng.choice([0.0, 0.5, 2.0])) for _ in range(8)]
+        assert book.apply(DepthUpdate("X", k + 1, k + 1, k, bids, asks)) == "ok"
+        for depth in (0, 1, 5, 20):
+            bp, bs, ap, az = book.top(depth)
+            assert bp.tolist() == heapq.nlargest(depth, book.bids)
+            assert ap.tolist() == heapq.nsmallest(depth, book.asks)
+            assert bs.tolist() == [book.bids[p] for p in bp.tolist()]
+            assert az.tolist() == [book.asks[p] for p in ap.tolist()]
+    book.reset()
+    assert [a.size for a in book.top(5)] == [0, 0, 0, 0]
+
+
 @pytest.mark.parametrize("frame,reason", [
     (b"garbage{", "malformed"),
     (b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","s":"BTCUSDT","U":1}}',

@@ -19,7 +19,7 @@ Wire-format quirks handled here:
 from __future__ import annotations
 
 import asyncio
-import heapq
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -102,6 +102,10 @@ class DiffBook:
         self.pair = pair
         self.bids: dict[float, float] = {}
         self.asks: dict[float, float] = {}
+        # the prices of each side, ascending, kept in step with the dicts: the top of the book
+        # is a slice (a diff mostly changes quantities; a new or removed price is one bisect)
+        self._bid_px: list[float] = []
+        self._ask_px: list[float] = []
         self.last_id: int | None = None  # None: not synced
         self.buffer: list[DepthUpdate] = []
         self.last_event_ms = 0
@@ -113,6 +117,8 @@ class DiffBook:
     def reset(self) -> None:
         self.bids.clear()
         self.asks.clear()
+        self._bid_px.clear()
+        self._ask_px.clear()
         self.last_id = None
         self.buffer = []
 
@@ -130,6 +136,8 @@ class DiffBook:
             self.last_event_ms = max(self.last_event_ms, max(e.event_ms for e in self.buffer))
         self.bids = {px: q for px, q in bids if q > 0}
         self.asks = {px: q for px, q in asks if q > 0}
+        self._bid_px = sorted(self.bids)
+        self._ask_px = sorted(self.asks)
         self.last_id = last_update_id
         self.buffer = []
         for e in pending:
@@ -145,11 +153,15 @@ class DiffBook:
             return "old"
         if e.first_id > self.last_id + 1:
             return "gap"
-        for side, levels in ((self.bids, e.bids), (self.asks, e.asks)):
+        for side, prices, levels in ((self.bids, self._bid_px, e.bids),
+                                     (self.asks, self._ask_px, e.asks)):
             for px, qty in levels:
                 if qty == 0:
-                    side.pop(px, None)
+                    if side.pop(px, None) is not None:
+                        del prices[bisect.bisect_left(prices, px)]
                 else:
+                    if px not in side:
+                        bisect.insort(prices, px)
                     side[px] = qty
         self.last_id = e.last_id
         self.last_event_ms = e.event_ms
@@ -157,11 +169,11 @@ class DiffBook:
 
     def top(self, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(bid_px, bid_sz, ask_px, ask_sz), best first, at most ``depth`` levels per side."""
-        bp = np.array(heapq.nlargest(depth, self.bids), dtype=np.float64)
-        ap = np.array(heapq.nsmallest(depth, self.asks), dtype=np.float64)
-        bs = np.fromiter((self.bids[p] for p in bp.tolist()), dtype=np.float64, count=bp.size)
-        as_ = np.fromiter((self.asks[p] for p in ap.tolist()), dtype=np.float64, count=ap.size)
-        return bp, bs, ap, as_
+        bid = self._bid_px[:-depth - 1:-1] if depth > 0 else []
+        ask = self._ask_px[:depth]
+        bids, asks = self.bids, self.asks
+        return (np.array(bid, dtype=np.float64), np.array([bids[p] for p in bid], dtype=np.float64),
+                np.array(ask, dtype=np.float64), np.array([asks[p] for p in ask], dtype=np.float64))
 
 
 # -- REST ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ Wire-format quirks handled here:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from dataclasses import dataclass
 
@@ -68,10 +69,7 @@ def _field(msg: dict, names: tuple[str, str]):
     return msg.get(names[1]) if v is None else v
 
 
-def _number(v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"not a number: {v!r}")
-    return float(v)
+_NUMBER_TYPES = frozenset((int, float))
 
 
 def book_row(msg: dict, recv_ns: int, symbol_of: dict[str, str]) -> BookRow:
@@ -91,15 +89,20 @@ def book_row(msg: dict, recv_ns: int, symbol_of: dict[str, str]) -> BookRow:
     units = _field(msg, _UNITS)
     if isinstance(ts, bool) or not isinstance(ts, int) or not isinstance(units, list):
         raise FrameError("malformed", f"{code}: timestamp or orderbook_units missing")
+    # one naming per message (DEFAULT or SIMPLE), read in one pass; every value must be a JSON
+    # number (not a string, bool or null), checked over all of them at once
     try:
-        cols = [
-            np.array([_number(u[k[0]] if k[0] in u else u[k[1]]) for u in units],
-                     dtype=np.float64)
-            for k in _UNIT_KEYS
-        ]
+        style = 0 if units and _UNIT_KEYS[0][0] in units[0] else 1
+        kb, ks, ka, kz = (k[style] for k in _UNIT_KEYS)
+        values = [(u[kb], u[ks], u[ka], u[kz]) for u in units]
     except (KeyError, TypeError) as exc:
-        raise FrameError("malformed", f"{code}: bad orderbook unit ({exc})") from None
-    bid_px, bid_sz, ask_px, ask_sz = cols
+        raise FrameError("malformed", f"{code}: bad orderbook unit ({exc!r})") from None
+    if not units or not set(map(type, itertools.chain.from_iterable(values))) <= _NUMBER_TYPES:
+        bad = next((v for v in itertools.chain.from_iterable(values)
+                    if type(v) not in _NUMBER_TYPES), None)
+        raise FrameError("malformed", f"{code}: bad orderbook unit (not a number: {bad!r})")
+    cols = np.array(values, dtype=np.float64).T
+    bid_px, bid_sz, ask_px, ask_sz = (np.ascontiguousarray(c) for c in cols)
     # Upbit pads a thin book with zero units at the far end: those are absent levels, not quotes
     bid_keep = ~((bid_px == 0) & (bid_sz == 0))
     ask_keep = ~((ask_px == 0) & (ask_sz == 0))
