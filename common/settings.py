@@ -368,6 +368,8 @@ class Settings(BaseSettings):
     upbit_ws_url: str = Field("wss://api.upbit.com/websocket/v1", description="Upbit WebSocket")
     binance_rest_url: str = Field("https://api.binance.com", description="Binance REST endpoint")
     binance_ws_url: str = Field("wss://stream.binance.com:9443", description="Binance WebSocket")
+    live_feed_process: bool = Field(
+        True, description="parse live books in a process of their own (false: in a thread)")
 
     # --- engine -----------------------------------------------------------------------------
     batch_rows: int = Field(65536, ge=1, description="rows per market-data batch")

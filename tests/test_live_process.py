@@ -123,3 +123,18 @@ def test_leaving_early_stops_the_child_promptly(fakes):
     gen.close()
     assert src._proc.returncode == 0 and time.monotonic() - t0 < 5
     assert src.topn_events[0]["members"] == list(src.symbols)
+
+
+def test_the_setting_chooses_process_or_thread(fakes, monkeypatch):
+    from common.marketdata.live import LiveSource, open_live
+    from common.settings import Settings
+
+    for k, v in fakes.env().items():
+        monkeypatch.setenv(k, v)
+    for flag, kind in ((True, LiveFeedProcess), (False, LiveSource)):
+        src = open_live(Settings.from_env(overrides={"topn_size": 2, "live_feed_process": flag}),
+                        1.0)
+        try:
+            assert type(src) is kind and src.symbols == ("BTC", "XRP")
+        finally:
+            src.stop()

@@ -86,7 +86,10 @@ def test_real_run_trades_records_and_replays_the_same(tmp_path):
         assert kpi2[k] == kpi[k], k
 
 
-def test_real_run_survives_drops_gaps_and_malformed_frames(tmp_path):
+@pytest.mark.parametrize("feed_process", ["true", "false"])
+def test_real_run_survives_drops_gaps_and_malformed_frames(tmp_path, feed_process):
+    """Either way of receiving the books (a process of their own, or a thread beside the
+    engine: LIVE_FEED_PROCESS) survives the same chaos and counts the same reasons."""
     btc = 95000.0 * 1400 * 1.02
     crossed = json.dumps({"type": "orderbook", "code": "KRW-BTC", "timestamp": 0,
                           "orderbook_units": [{"ask_price": btc, "bid_price": btc * 1.01,
@@ -119,7 +122,7 @@ def test_real_run_survives_drops_gaps_and_malformed_frames(tmp_path):
         res = run_py(["--engine", "local", "--data-source", "real", "--topn-size", "5",
                       "--run-duration-seconds", "24", "--kpi-output-path",
                       str(tmp_path / "k.json"), "--log-dir", str(tmp_path / "logs"), "--quiet"],
-                     trader_env(fakes))
+                     {**trader_env(fakes), "LIVE_FEED_PROCESS": feed_process})
         stop.set()
         t.join()
     assert res.returncode == 0, res.stderr[-3000:]

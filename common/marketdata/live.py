@@ -4,7 +4,8 @@ Network I/O runs in a background thread with its own asyncio loop (two feeds, th
 a silence watchdog). Rows cross to the engine's thread through one locked list; ``batches()``
 yields whatever has arrived as one ``BookBatch`` in ``recv_ns`` order (so a batch is small when
 the engine keeps up and grows when it falls behind), with the rows dropped on the way counted by
-reason in the pre-rejected dict.
+reason in the pre-rejected dict. ``push_to()`` instead hands each event-loop turn's rows to a
+callback in the I/O thread (``live_process.py`` runs a source that way in its own process).
 
 Staleness (no trading on stale data): a venue is stale while it is disconnected, resyncing
 (Upbit: not every code has sent its snapshot yet; Binance: a book being rebuilt from a snapshot
@@ -514,14 +515,15 @@ class LiveSource:
 
 
 def open_live(settings, duration_s: float | None, record_path: str | None = None,
-              symtab: SymbolTable | None = None, in_process: bool = False):
+              symtab: SymbolTable | None = None):
     """A started live source for ``settings`` (TopN selected, streams opening).
 
-    By default the clients run in a process of their own (``LiveFeedProcess``), so that parsing
-    the books does not take the engine's interpreter; ``in_process``: in a thread beside it."""
+    With ``LIVE_FEED_PROCESS`` (the default) the clients run in a process of their own
+    (``LiveFeedProcess``), so that parsing the books does not take the engine's interpreter;
+    else in a thread beside it (``LiveSource``)."""
     from common.marketdata.live_process import LiveFeedProcess
 
-    kind = LiveSource if in_process else LiveFeedProcess
+    kind = LiveFeedProcess if settings.live_feed_process else LiveSource
     try:
         src = kind(LiveConfig.from_settings(settings), symtab, record_path, duration_s)
     except FileExistsError as exc:

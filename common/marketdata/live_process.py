@@ -4,17 +4,20 @@ At ~4,000 books/s, receiving and parsing the WebSocket frames (JSON, Binance's d
 staleness gate) costs about as much CPU as the engine's work on them; in one process the two
 share one GIL, so a book that arrives while the engine computes waits for it, and the engine
 waits for the parser. ``LiveFeedProcess`` runs a ``LiveSource`` (clients, parsers, TopN,
-staleness, batching: unchanged) in a child process and has the same interface as a
-``LiveSource``: the child sends each batch it would have yielded, with its reject counts, new
-TopN events and counters, over a pipe; the engine's side takes everything that arrived since it
-last asked as one batch, in ``recv_ns`` order (small when the engine keeps up, larger when it
-falls behind), records exactly what it hands to the engine and forwards ``release`` to the child.
+staleness: unchanged) in a child process and has the same interface as a ``LiveSource``.
 
-The child ignores Ctrl-C (the parent stops it, so the recording and the KPIs see one end of the
-run), ends when the parent's end of the pipe closes, and sends its log records to the parent,
-which logs them through its own loguru sinks. Symbol ids: the child's table starts as a copy of
-the parent's and only grows; the parent extends its own from the names each batch carries, so
-ids are the same in both processes.
+The child pushes from its event loop (``LiveSource.push_to``): after each turn in which anything
+arrived, one compact binary message of the rows (``encode_rows``: raw columns, no pickle), led
+by a small pickled one when reject counts, TopN events, counters or new symbol names came with
+them. The engine's side takes everything that arrived since it last asked as one batch, in
+``recv_ns`` order (small when the engine keeps up, larger when it falls behind), records exactly
+what it hands to the engine and forwards ``release`` to the child.
+
+The child ignores Ctrl-C and runs in its own session (the parent stops it, so the recording and
+the KPIs see one end of the run), ends when the parent's end of the socket closes, and sends its
+log records to the parent, which logs them through its own loguru sinks as if logged where they
+were made. Symbol ids: each process interns names in its own order (the engine interns the TopN
+members itself), so the parent maps the child's ids to its own table when it decodes rows.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class LiveFeedProcess:
         self.topn_events: list[dict] = []
         self.stats: dict[str, int] = {"reconnects": 0, "sequence_gaps": 0, "stale_periods": 0,
                                       "rows_emitted": 0}
-        self._proc = None
+        self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()
         self._started = False
