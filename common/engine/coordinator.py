@@ -184,6 +184,10 @@ class CoordinatorCore:
         for st in self.symbols.values():
             frame = self._frames[st.name]
             st.cursor = 0
+            if len(frame) == 1 and st.active and not st.pending:
+                # no event: nothing to decide, and the carry it holds was already looked at
+                # for funding when it was the last event of an earlier frame
+                continue
             self._fund_if_ready(st, frame)
             if st.pending:
                 if st.settle_at <= top.end_ns:

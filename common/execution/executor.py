@@ -188,6 +188,10 @@ class PaperExecutor:
         """``ingest`` with the rows already split: this symbol's Upbit rows, its Binance rows
         and the FX book's (Upbit) rows, each ascending (the local engine splits them for every
         executor at once)."""
+        if not (up.size or bn.size or fx_rows.size or self._pending) and self._quiet:
+            # nothing new and nothing to fill: the books seen so far are already carried
+            self.watermark_ns = max(self.watermark_ns, watermark_ns)
+            return
         self._fill_pending(watermark_ns - 1)
         self._serial += 1
         self._books[UPBIT].replace(batch, up, self._serial)
@@ -202,6 +206,12 @@ class PaperExecutor:
         else:
             self._fx_t, self._fx_mid = _NO_ROWS, _NO_FX
         self.watermark_ns = max(self.watermark_ns, watermark_ns)
+
+    @property
+    def _quiet(self) -> bool:
+        """No rows of the last batch held: every book seen is in the carries."""
+        return not (self._books[UPBIT].rows.size or self._books[BINANCE].rows.size
+                    or self._fx_t.size)
 
     def fx_mid_at(self, t_ns: int) -> float:
         k = int(np.searchsorted(self._fx_t, t_ns, side="right")) - 1
