@@ -189,7 +189,9 @@ class PaperExecutor:
         and the FX book's (Upbit) rows, each ascending (the local engine splits them for every
         executor at once)."""
         if not (up.size or bn.size or fx_rows.size or self._pending) and self._quiet:
-            # nothing new and nothing to fill: the books seen so far are already carried
+            # nothing new and nothing to fill: the books seen so far are already carried; only
+            # the batch (none of whose rows are held) is the current one, as after any ingest
+            self._books[UPBIT].batch = self._books[BINANCE].batch = batch
             self.watermark_ns = max(self.watermark_ns, watermark_ns)
             return
         self._fill_pending(watermark_ns - 1)
