@@ -1,6 +1,7 @@
 """The live source in its own process: the rows wire format, symbol ids mapped between the two
-processes' tables, logs forwarded, a clear error, and an end that never hangs or loses the run.
-(The behaviour shared with the in-thread source is tested for both in test_live_source.py.)"""
+processes' tables, logs forwarded, a dead child that ends the run cleanly, and the setting that
+chooses it. (What it shares with the in-thread source, start errors and early stops included,
+is tested for both in test_live_source.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from loguru import logger
 
 from common.marketdata.batch import SymbolTable
 from common.marketdata.live_process import LiveFeedProcess, decode_rows, encode_rows
-from common.marketdata.replay import DataSourceError
 from common.marketdata.rows import BookRow, rows_to_batch
 from common.types import BINANCE, UPBIT
 from tests.fakes.exchanges import DEFAULT_ASSETS, FX, FakeExchanges
@@ -81,17 +81,6 @@ def test_child_logs_reach_this_process_sinks(fakes):
                and s.endswith("@common.marketdata.feed") for s in seen), seen
 
 
-def test_a_failing_start_is_one_clear_line_and_the_child_exits():
-    with FakeExchanges() as f:
-        f.binance_451 = True
-        src = LiveFeedProcess(config(f))
-        with pytest.raises(DataSourceError) as e:
-            src.start()
-    msg = str(e.value)
-    assert "HTTP 451" in msg and "region" in msg and "\n" not in msg
-    assert src._proc.poll() is not None
-
-
 def test_a_dead_child_ends_the_run_without_an_exception(fakes):
     """The market-data process killed mid-run: the batches end (an error is logged), so the
     engine can settle and write its KPIs; nothing hangs."""
@@ -109,20 +98,6 @@ def test_a_dead_child_ends_the_run_without_an_exception(fakes):
         logger.remove(sink)
     assert rows > 30 and time.monotonic() - t0 < 20
     assert any("market-data process ended unexpectedly" in s for s in seen)
-
-
-def test_leaving_early_stops_the_child_promptly(fakes):
-    src = LiveFeedProcess(config(fakes), duration_s=None)
-    gen = src.batches()
-    n = 0
-    for b, _ in gen:
-        n += len(b)
-        if n > 20:
-            break
-    t0 = time.monotonic()
-    gen.close()
-    assert src._proc.returncode == 0 and time.monotonic() - t0 < 5
-    assert src.topn_events[0]["members"] == list(src.symbols)
 
 
 def test_the_setting_chooses_process_or_thread(fakes, monkeypatch):

@@ -75,7 +75,7 @@ def all_streams(symbols) -> set[tuple[int, str]]:
 def stopped(src) -> bool:
     """The source's I/O thread, or its process, has ended."""
     if isinstance(src, LiveFeedProcess):
-        return src._proc.poll() is not None
+        return src._proc.poll() == 0
     return not src._thread.is_alive()
 
 
@@ -240,27 +240,29 @@ def test_recording_writer_rolls_parts(fakes, tmp_path):
         RecordingWriter(tmp_path)
 
 
-def test_binance_451_is_a_clear_error():
+def test_binance_451_is_a_clear_error(kind):
     with FakeExchanges() as f:
         f.binance_451 = True
-        src = LiveSource(config(f))
+        src = SOURCES[kind](config(f))
         with pytest.raises(DataSourceError) as e:
             src.start()
     msg = str(e.value)
     assert "HTTP 451" in msg and "region" in msg and "\n" not in msg
-    assert not src._thread.is_alive()
+    assert stopped(src)
 
 
-def test_stopping_early_does_not_block(fakes):
-    src = LiveSource(config(fakes), duration_s=None)
+def test_stopping_early_does_not_block(fakes, kind):
+    src = SOURCES[kind](config(fakes), duration_s=None)
     gen = src.batches()
     n = 0
     for b, _ in gen:
         n += len(b)
         if n > 20:
             break
+    t0 = time.monotonic()
     gen.close()
-    assert not src._thread.is_alive()
+    assert stopped(src) and time.monotonic() - t0 < 5
+    assert src.topn_events[0]["members"] == list(src.symbols)
 
 
 def test_connections_are_renewed_before_the_time_limit(fakes):

@@ -85,7 +85,55 @@ class LiveConfig:
         )
 
 
-class LiveSource:
+class EngineSide:
+    """What a live source does on the engine's side, however its books arrive: pace the polls
+    until the duration, keep (and record) the TopN events, record and count each batch handed
+    to the engine with the reject counts gathered since the last one."""
+
+    cfg: LiveConfig
+    duration_s: float | None
+    recorder: RecordingWriter | None
+    topn_events: list[dict]
+    stats: dict[str, int]
+
+    def _poll_waits(self, running: Callable[[], bool]) -> Iterator[float]:
+        """How long each poll may wait, until the duration has passed or ``running()`` fails."""
+        t_end = None if self.duration_s is None else time.monotonic() + self.duration_s
+        while running():
+            wait = self.cfg.poll_s
+            if t_end is not None:
+                left = t_end - time.monotonic()
+                if left <= 0:
+                    return
+                wait = min(wait, left)
+            yield wait
+
+    def _take_events(self, events: list[dict]) -> None:
+        for ev in events:
+            self.topn_events.append(ev)
+            if self.recorder is not None:
+                self.recorder.write_event(ev)
+
+    def _close_outputs(self) -> None:
+        """The end of the source: the recording closed (its last part readable), no exit hook."""
+        if self.recorder is not None:
+            self.recorder.close()
+        atexit.unregister(self.stop)
+
+    def _handed_over(self, batch: BookBatch) -> BookBatch:
+        """``batch`` recorded and counted, as it goes to the engine."""
+        if self.recorder is not None:
+            self.recorder.write(batch)
+        self.stats["rows_emitted"] += len(batch)
+        return batch
+
+
+def add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for k, v in counts.items():
+        into[k] = into.get(k, 0) + v
+
+
+class LiveSource(EngineSide):
     """Streams ``(BookBatch, pre-rejected counts)`` from the live exchanges (see module doc)."""
 
     def __init__(self, cfg: LiveConfig, symtab: SymbolTable | None = None,
@@ -203,12 +251,7 @@ class LiveSource:
         if self._thread is not None:
             self._thread.join(timeout=2.0)
         self._flush_events()
-        if self.recorder is not None:
-            self.recorder.close()
-        try:
-            atexit.unregister(self.stop)
-        except Exception:  # noqa: BLE001
-            pass
+        self._close_outputs()
 
     def release(self, symbol: str) -> None:
         """A symbol that left TopN is flat: stop streaming it (called by the coordinator)."""
@@ -220,32 +263,16 @@ class LiveSource:
         """Batches of the rows received, in recv_ns order, until the duration, Ctrl-C or
         ``stop()`` (from another thread)."""
         self.start()
-        t_end = None if self.duration_s is None else time.monotonic() + self.duration_s
         carry: dict[str, int] = {}
         try:
-            while not self._stopped:
-                wait = self.cfg.poll_s
-                if t_end is not None:
-                    left = t_end - time.monotonic()
-                    if left <= 0:
-                        break
-                    wait = min(wait, left)
+            for wait in self._poll_waits(lambda: not self._stopped):
                 rows, rejects, events = self._take(wait)
-                for k, v in rejects.items():
-                    carry[k] = carry.get(k, 0) + v
-                for ev in events:
-                    self.topn_events.append(ev)
-                    if self.recorder is not None:
-                        self.recorder.write_event(ev)
-                if not rows:
-                    continue
-                for i in range(0, len(rows), self.cfg.max_batch_rows):
-                    batch = rows_to_batch(rows[i:i + self.cfg.max_batch_rows], self.symtab)
-                    if self.recorder is not None:
-                        self.recorder.write(batch)
-                    self.stats["rows_emitted"] += len(batch)
+                add_counts(carry, rejects)
+                self._take_events(events)
+                step = self.cfg.max_batch_rows
+                for i in range(0, len(rows), step):
                     out, carry = carry, {}
-                    yield batch, out
+                    yield self._handed_over(rows_to_batch(rows[i:i + step], self.symtab)), out
             if carry:
                 yield rows_to_batch([], self.symtab), carry
         finally:
@@ -299,10 +326,7 @@ class LiveSource:
         """Events published after the last batch (e.g. a drain) still reach ``topn_events``."""
         with self._cond:
             events, self._events = self._events, []
-        for ev in events:
-            self.topn_events.append(ev)
-            if self.recorder is not None:
-                self.recorder.write_event(ev)
+        self._take_events(events)
 
     # == the I/O thread ============================================================================
     async def _setup(self) -> TopNSelection:

@@ -41,7 +41,7 @@ import numpy as np
 from loguru import logger
 
 from common.marketdata.batch import BookBatch, SymbolTable
-from common.marketdata.live import LiveConfig, LiveSource
+from common.marketdata.live import EngineSide, LiveConfig, LiveSource, add_counts
 from common.marketdata.record import RecordingWriter
 from common.marketdata.replay import DataSourceError
 from common.marketdata.rows import rows_to_batch
@@ -53,7 +53,7 @@ SPAWN_SLACK_S = 30.0
 MAX_MESSAGES = 4096
 
 
-class LiveFeedProcess:
+class LiveFeedProcess(EngineSide):
     """A ``LiveSource`` run in a child process (see module doc); same interface."""
 
     def __init__(self, cfg: LiveConfig, symtab: SymbolTable | None = None,
@@ -157,12 +157,7 @@ class LiveFeedProcess:
                     self._proc.kill()
                     self._proc.wait()
             self._conn.close()
-        if self.recorder is not None:
-            self.recorder.close()
-        try:
-            atexit.unregister(self.stop)
-        except Exception:  # noqa: BLE001
-            pass
+        self._close_outputs()
 
     def release(self, symbol: str) -> None:
         """A symbol that left TopN is flat: the child stops streaming it."""
@@ -173,24 +168,16 @@ class LiveFeedProcess:
     def batches(self) -> Iterator[tuple[BookBatch, dict[str, int]]]:
         """Batches of the rows received, in recv_ns order, until the duration or Ctrl-C."""
         self.start()
-        t_end = None if self.duration_s is None else time.monotonic() + self.duration_s
         carry: dict[str, int] = {}
         try:
-            while not self._child_ended:
-                wait = self.cfg.poll_s
-                if t_end is not None:
-                    left = t_end - time.monotonic()
-                    if left <= 0:
-                        break
-                    wait = min(wait, left)
+            for wait in self._poll_waits(lambda: not self._child_ended):
                 parts: list[BookBatch] = []
                 for msg in self._drain(wait):
                     kind = msg[0]
                     if kind == "rows":
                         parts.append(self._decode(msg[1]))
                     elif kind == "meta":
-                        for k, v in msg[2].items():
-                            carry[k] = carry.get(k, 0) + v
+                        add_counts(carry, msg[2])
                         self._take_meta(msg)
                     elif kind == "log":
                         _relog(msg)
@@ -206,11 +193,8 @@ class LiveFeedProcess:
                 for i in range(0, len(whole), step):
                     batch = whole if len(whole) <= step else whole.take(
                         np.arange(i, min(i + step, len(whole))))
-                    if self.recorder is not None:
-                        self.recorder.write(batch)
-                    self.stats["rows_emitted"] += len(batch)
                     out, carry = carry, {}
-                    yield batch, out
+                    yield self._handed_over(batch), out
             if carry:
                 yield rows_to_batch([], self.symtab), carry
         finally:
@@ -267,12 +251,6 @@ class LiveFeedProcess:
         self._take_events(msg[1])
         self._take_stats(msg[2])
         self._child_ended = True
-
-    def _take_events(self, events: list[dict]) -> None:
-        for ev in events:
-            self.topn_events.append(ev)
-            if self.recorder is not None:
-                self.recorder.write_event(ev)
 
     def _take_stats(self, stats: dict[str, int]) -> None:
         for k, v in stats.items():
