@@ -287,6 +287,11 @@ class LiveSource(EngineSide):
             events, self._events = self._events, []
         return rows, rejects, events
 
+    @property
+    def io_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The I/O thread's event loop (None before ``start``)."""
+        return self._loop
+
     def push_to(self, callback: Callable[[BookBatch | None, dict[str, int], list[dict]], None]
                 ) -> tuple[str, ...]:
         """Instead of ``batches()``: hand ``callback(batch or None, rejects, events)`` what has

@@ -9,9 +9,11 @@ staleness: unchanged) in a child process and has the same interface as a ``LiveS
 The child pushes from its event loop (``LiveSource.push_to``): after each turn in which anything
 arrived, one compact binary message of the rows (``encode_rows``: raw columns, no pickle), led
 by a small pickled one when reject counts, TopN events, counters or new symbol names came with
-them. The engine's side takes everything that arrived since it last asked as one batch, in
+them. Those messages never block the child's event loop (``_Outbox``: what the socket does not
+take waits in memory), so a busy engine never delays the WebSocket reads or their receive
+times. The engine's side takes everything that arrived since it last asked as one batch, in
 ``recv_ns`` order (small when the engine keeps up, larger when it falls behind), records exactly
-what it hands to the engine and forwards ``release`` to the child.
+what it hands to the engine and forwards ``release`` to the child (over a second socket).
 
 The child ignores Ctrl-C and runs in its own session (the parent stops it, so the recording and
 the KPIs see one end of the run), ends when the parent's end of the socket closes, and sends its
@@ -26,6 +28,7 @@ import atexit
 import dataclasses
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -70,7 +73,8 @@ class LiveFeedProcess(EngineSide):
         self.stats: dict[str, int] = {"reconnects": 0, "sequence_gaps": 0, "stale_periods": 0,
                                       "rows_emitted": 0}
         self._proc: subprocess.Popen | None = None
-        self._conn: Connection | None = None
+        self._conn: Connection | None = None  # the child's messages
+        self._ctl: Connection | None = None  # orders to the child
         self._send_lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -88,22 +92,28 @@ class LiveFeedProcess(EngineSide):
         # a fresh interpreter (no fork of a process with threads: loguru, Ray), started as a
         # module so that nothing depends on how the parent's main script was written; its own
         # session, so a Ctrl-C in the terminal reaches only the parent
-        mine, theirs = socket.socketpair()
+        # two socket pairs: the books come up one (never blocking the child's event loop), the
+        # orders go down the other (read by the child's main thread, blocking)
+        data_mine, data_theirs = socket.socketpair()
+        ctl_mine, ctl_theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        fds = (data_theirs.fileno(), ctl_theirs.fileno())
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "common.marketdata.live_process", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True)
+                [sys.executable, "-m", "common.marketdata.live_process", *map(str, fds)],
+                pass_fds=fds, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         except OSError as exc:
-            mine.close()
+            data_mine.close()
+            ctl_mine.close()
             raise DataSourceError(f"--data-source real: cannot start the market-data process "
                                   f"({exc})") from None
         finally:
-            theirs.close()
-        self._conn = Connection(mine.detach())
+            data_theirs.close()
+            ctl_theirs.close()
+        self._conn = Connection(data_mine.detach())
+        self._ctl = Connection(ctl_mine.detach())
         atexit.register(self.stop)
         self._send(("config", self.cfg, self.symtab.names))
         deadline = time.monotonic() + self.cfg.start_timeout_s + SPAWN_SLACK_S
@@ -157,6 +167,7 @@ class LiveFeedProcess(EngineSide):
                     self._proc.kill()
                     self._proc.wait()
             self._conn.close()
+            self._ctl.close()
         self._close_outputs()
 
     def release(self, symbol: str) -> None:
@@ -230,7 +241,7 @@ class LiveFeedProcess(EngineSide):
     def _send(self, msg) -> None:
         with self._send_lock:
             try:
-                self._conn.send(msg)
+                self._ctl.send(msg)
             except (OSError, ValueError):
                 pass  # the child is gone (or the pipe closed): nothing left to tell it
 
@@ -311,43 +322,109 @@ def decode_rows(data: bytes, symbols: tuple[str, ...]) -> BookBatch:
 
 
 # == the child process =============================================================================
-def _child_main(conn: Connection) -> None:
+class _Outbox:
+    """Messages to the parent, in ``Connection``'s framing, sent without ever blocking the event
+    loop: what the socket does not take at once waits here (as the thread feed's list would)
+    and goes out when the socket is writable again, so a parent busy for a while never stalls
+    the WebSocket reads (and their receive times). Any thread may ``put``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        sock.setblocking(False)
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._loop = None
+        self._armed = False  # a writer callback is registered with the loop
+        self.gone = False  # the parent closed its end
+
+    def attach(self, loop) -> None:
+        """From now on, wait for writability in ``loop`` (the I/O thread's)."""
+        with self._lock:
+            self._loop = loop
+
+    def put(self, data: bytes) -> None:
+        with self._lock:
+            if self.gone:
+                return
+            self._buf += struct.pack("!i", len(data))
+            self._buf += data
+            if self._armed:
+                return
+            self._send_some()
+            if self._buf:
+                if self._loop is None:
+                    self._wait_sent(30.0)  # starting up: nothing else to do meanwhile
+                else:
+                    self._armed = True
+                    self._loop.call_soon_threadsafe(self._loop.add_writer, self._fd, self._writable)
+
+    def flush(self, timeout: float) -> None:
+        """Send what is left (the loop has stopped), waiting up to ``timeout`` for the parent."""
+        with self._lock:
+            self._wait_sent(timeout)
+
+    def _writable(self) -> None:
+        with self._lock:
+            self._send_some()
+            if not self._buf:
+                self._armed = False
+                self._loop.remove_writer(self._fd)
+
+    def _send_some(self) -> None:
+        try:
+            while self._buf:
+                del self._buf[:self._sock.send(self._buf)]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._buf.clear()
+            self.gone = True
+
+    def _wait_sent(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._buf and not self.gone:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            select.select([], [self._fd], [], left)
+            self._send_some()
+
+
+def _child_main(data_fd: int, ctl_fd: int) -> None:
     """Run a LiveSource, pushing what it receives to the parent (see module doc)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the run ends
+    ctl = Connection(ctl_fd)
+    out = _Outbox(socket.socket(fileno=data_fd))
     try:
-        _, cfg, names = conn.recv()
+        _, cfg, names = ctl.recv()
     except (EOFError, OSError):
         return  # the parent gave up before we were ready
-    lock = threading.Lock()
-
-    def send(data: bytes) -> None:
-        with lock:
-            try:
-                conn.send_bytes(data)
-            except (OSError, ValueError):
-                pass  # the parent is gone: the control loop below sees it and stops
 
     def send_obj(obj) -> None:
-        send(_OBJ.ljust(_TAG_BYTES, b"\0") + pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        out.put(_OBJ.ljust(_TAG_BYTES, b"\0") + pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
-    logger.remove()
-    # the formatted message: loguru appends a traceback to it when there is one
     def forward(m) -> None:
+        # the formatted message: loguru appends a traceback to it when there is one
         r = m.record
         send_obj(("log", r["level"].name, str(m).rstrip("\n"),
                   {"name": r["name"], "function": r["function"], "line": r["line"]}))
 
+    logger.remove()
     logger.add(forward, level="DEBUG", format="{message}")
     src = LiveSource(cfg, SymbolTable(names))
     try:
         src.start()
     except DataSourceError as exc:
         send_obj(("error", str(exc)))
+        out.flush(5.0)
         return
     except Exception as exc:  # noqa: BLE001 - whatever it is, the parent gets one line
         send_obj(("error", f"--data-source real: {type(exc).__name__}: {exc}"))
         src.stop()
+        out.flush(5.0)
         return
+    out.attach(src.io_loop)
     send_obj(("started", src.symbols, dict(src.lot_steps), src.selection, src.symtab.names))
     told = {"names": len(src.symtab), "stats": _counters(src), "events": 0}
 
@@ -361,12 +438,12 @@ def _child_main(conn: Connection) -> None:
             send_obj(("meta", new_names, rejects, events, new_stats))
             told.update(names=len(names), stats=stats, events=told["events"] + len(events))
         if batch is not None:
-            send(encode_rows(batch))
+            out.put(encode_rows(batch))
 
     src.push_to(push)
     while True:
         try:
-            msg = conn.recv()
+            msg = ctl.recv()
         except (EOFError, OSError):
             break  # the parent is gone
         if msg[0] == "release":
@@ -375,6 +452,7 @@ def _child_main(conn: Connection) -> None:
             break
     src.stop()
     send_obj(("end", src.topn_events[told["events"]:], _counters(src)))
+    out.flush(5.0)
 
 
 def _counters(src: LiveSource) -> dict[str, int]:
@@ -382,4 +460,4 @@ def _counters(src: LiveSource) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    _child_main(Connection(int(sys.argv[1])))
+    _child_main(int(sys.argv[1]), int(sys.argv[2]))
