@@ -1,9 +1,10 @@
 """Coordinator: the Ray shell around CoordinatorCore, the one brain of a Ray run.
 
-It receives each batch's top-of-book stream plus the batch's ``FeedPart`` (every symbol's rows; an
-ObjectRef, or the part itself for a small live batch), queues its ingest for every symbol actor before walking the batch (so a leg is
-always filled with all data up to its arrival: the port sends queued batches ahead of any trade or
-collect), then lets the core decide, dispatch and settle through the RayExecutionPort.
+It receives each batch's top-of-book stream plus the batch's ``FeedPart`` (every symbol's rows;
+an ObjectRef, or the part itself for a small live batch), queues its ingest for every symbol
+actor before walking the batch (so a leg is always filled with all data up to its arrival: the
+port sends queued batches ahead of any trade or collect), then lets the core decide, dispatch
+and settle through the RayExecutionPort.
 Trade rows go to the TradeLoggerActor and KPI calls to the KpiActor, one remote call each per batch.
 """
 
@@ -123,7 +124,8 @@ class Coordinator:
         return {"calls_to_symbols": self.port.calls_sent, "calls_to_sinks": self.sink_calls,
                 "recoveries": self.port.recoveries, "snapshots": self.port.snapshots,
                 "batches": self.batches, "pid": os.getpid(), **self.timing,
-                "collect_wait_s": self.port.collect_wait_s, "collect_rounds": self.port.collect_rounds}
+                "collect_wait_s": self.port.collect_wait_s,
+                "collect_rounds": self.port.collect_rounds}
 
     def status(self) -> dict:
         """What the live view shows: per-symbol premium, position and PnL, and the clock."""

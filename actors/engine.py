@@ -1,7 +1,7 @@
 """The Ray engine's driver: start or join a cluster, create the actors, feed them, report.
 
 The driver reads the source, validates each batch once, puts it in the object store once (with
-each symbol's row indices: that symbol's valid rows plus the FX rows, see ``split_rows``) and
+each symbol's row indices: its executor's rows of the batch, see ``split_rows``) and
 hands the coordinator the top of book plus that ObjectRef, with at most ``max_inflight_batches``
 batches in flight.
 Everything a symbol actor receives comes from the coordinator, in order.
@@ -27,7 +27,13 @@ from actors.coordinator import Coordinator
 from actors.sinks import KpiActor, TradeLoggerActor
 from actors.symbol import FeedPart, SymbolActor
 from actors.view import LiveView
-from common.engine.build import MarketSource, fee_schedule, fill_model_config, validate_batch
+from common.engine.build import (
+    MarketSource,
+    executor_rows,
+    fee_schedule,
+    fill_model_config,
+    validate_batch,
+)
 from common.engine.report import build_report, write_kpi
 from common.marketdata.batch import BookBatch
 from common.marketdata.validate import BookValidator
@@ -135,17 +141,13 @@ def _already_there(namespace: str, run_id: str | None, what: str) -> RayEngineEr
 
 
 def split_rows(vb, symbol_ids: dict[str, int], fx_id: int) -> FeedPart:
-    """Each symbol's part of a validated batch, as indices into the one shared batch: its valid
-    rows plus the valid FX rows (``LocalExecution.ingest``'s indices, so results are equal).
+    """Each symbol's part of a validated batch, as indices into the one shared batch: the rows
+    its executor takes (``executor_rows``, as in the local engine, so results are equal).
 
     Only indices are split per symbol (a few KiB each); the rows themselves travel once per
     batch, whatever the number of symbols."""
-    import numpy as np
-
-    top, valid = vb.top, vb.valid_rows
-    fx_rows = valid[top.rows_of(fx_id)]
-    return FeedPart.split(vb.batch, {name: np.concatenate((valid[top.rows_of(sid)], fx_rows))
-                                     for name, sid in symbol_ids.items()})
+    rows, fx_rows = executor_rows(vb, symbol_ids, fx_id)
+    return FeedPart.split(vb.batch, rows, fx_rows)
 
 
 class _SourceFailed:

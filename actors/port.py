@@ -42,6 +42,7 @@ MAX_QUEUED_ROWS = 20 * 65_536
 #: second) a settlement otherwise waits while the actor works through the whole queue
 HOT_FLUSH_S = 0.02
 
+
 def _recoverable(exc: BaseException) -> bool:
     """An actor death or restart (ActorUnavailableError is a RayActorError), or the restarted
     actor saying it needs a restore. Any other task error is a bug and propagates."""

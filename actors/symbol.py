@@ -31,32 +31,38 @@ from common.portfolio.state import FeeSchedule
 class FeedPart:
     """One validated batch as the feed hands it to every symbol actor (one ``ray.put``).
 
-    ``rows_for(symbol)`` are the indices into ``batch`` meant for that symbol's executor: its
-    valid rows followed by the valid FX rows, each group ascending -- the same indices
-    ``LocalExecution.ingest`` passes, so both engines' executors see identical rows. Splitting
+    ``rows_for(symbol)`` are that symbol's executor's rows of ``batch``: its Upbit rows, its
+    Binance rows and the FX rows (``common.engine.build.executor_rows``: the same indices the
+    local engine's executors get, so both engines' executors see identical rows). Splitting
     indices instead of copying rows keeps the feed's cost per batch independent of the number
-    of symbols (the FX rows are no longer copied into every symbol's part). The indices of all
-    symbols sit in one flat array (``rows[row_off[k]:row_off[k + 1]]`` for the k-th symbol of
-    ``index``): an actor deserialises a handful of arrays per batch, not one per symbol.
+    of symbols, and the FX rows are held once for all. The symbols' indices sit in one flat
+    array (``rows[row_off[2k]:row_off[2k + 1]]`` Upbit, then Binance up to ``row_off[2k + 2]``,
+    for the k-th symbol of ``index``): an actor deserialises a handful of arrays per batch, not
+    two per symbol.
     """
 
     batch: BookBatch
     index: dict[str, int]
     row_off: np.ndarray
     rows: np.ndarray
+    fx_rows: np.ndarray
 
     @staticmethod
-    def split(batch: BookBatch, per_symbol: dict[str, np.ndarray]) -> FeedPart:
-        """A part from each symbol's row indices (in ``per_symbol``'s order)."""
-        off = np.zeros(len(per_symbol) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in per_symbol.values()], out=off[1:])
-        flat = (np.concatenate(list(per_symbol.values())) if per_symbol
-                else np.zeros(0, dtype=np.int64))
-        return FeedPart(batch, {name: k for k, name in enumerate(per_symbol)}, off, flat)
+    def split(batch: BookBatch, per_symbol: dict[str, tuple[np.ndarray, np.ndarray]],
+              fx_rows: np.ndarray) -> FeedPart:
+        """A part from each symbol's (Upbit rows, Binance rows), in ``per_symbol``'s order."""
+        pieces = [r for pair in per_symbol.values() for r in pair]
+        off = np.zeros(len(pieces) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in pieces], out=off[1:])
+        flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+        return FeedPart(batch, {name: k for k, name in enumerate(per_symbol)}, off, flat,
+                        fx_rows)
 
-    def rows_for(self, symbol: str) -> np.ndarray:
-        k = self.index[symbol]
-        return self.rows[self.row_off[k] : self.row_off[k + 1]]
+    def rows_for(self, symbol: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Upbit rows, Binance rows, FX rows) of ``symbol``'s executor."""
+        k = 2 * self.index[symbol]
+        off = self.row_off
+        return (self.rows[off[k]:off[k + 1]], self.rows[off[k + 1]:off[k + 2]], self.fx_rows)
 
 
 #: the operations of a ``run`` call, applied in order: (OP_INGEST, watermark_ns) -- the batch is
@@ -108,7 +114,7 @@ class SymbolExecutorShell:
             kind = op[0]
             if kind == OP_INGEST:
                 part = next(batches)
-                self.executor.ingest(part.batch, op[1], part.rows_for(self.symbol))
+                self.executor.ingest_split(part.batch, op[1], *part.rows_for(self.symbol))
                 self._last_batch = part.batch
                 out = None
             elif kind == OP_SUBMIT:

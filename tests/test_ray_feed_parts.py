@@ -27,7 +27,7 @@ from common.fill.models import FillModelConfig
 from common.marketdata.mock import MockConfig, MockMarket
 from common.marketdata.validate import BookValidator
 from common.portfolio.state import FeeSchedule
-from common.types import Trade
+from common.types import BINANCE, UPBIT, Trade
 
 SYMBOLS = ("BTC", "ETH", "XRP")
 MS = 1_000_000
@@ -49,7 +49,8 @@ def validated(seconds: float = 240, batch_rows: int = 500, quiet: str | None = N
 
 
 def local_rows(vb, sid: int, fx_id: int) -> np.ndarray:
-    """What ``LocalExecution.ingest`` hands an executor."""
+    """An executor's candidate rows, unsplit: its symbol's valid rows and the valid FX rows (the
+    reference executor below picks its venues' and the FX rows out of them itself)."""
     return np.concatenate((vb.valid_rows[vb.top.rows_of(sid)], vb.valid_rows[vb.top.rows_of(fx_id)]))
 
 
@@ -74,13 +75,19 @@ def script(vbs, ids, fx_id, symbol: str):
     return steps
 
 
-def test_each_symbol_gets_the_local_engines_rows_of_one_shared_batch():
+def test_each_symbol_gets_its_rows_of_one_shared_batch_split_by_venue():
     vbs, ids, fx_id = validated()
     for vb in vbs:
         part = split_rows(vb, ids, fx_id)
         assert part.batch is vb.batch  # one batch for every symbol: indices, no copies
+        b, v = vb.batch, vb.valid_rows
+        fx = v[(b.sym[v] == fx_id) & (b.venue[v] == UPBIT)]
+        assert fx.size
         for s, sid in ids.items():
-            np.testing.assert_array_equal(part.rows_for(s), local_rows(vb, sid, fx_id))
+            up, bn, fx_rows = part.rows_for(s)
+            np.testing.assert_array_equal(up, v[(b.sym[v] == sid) & (b.venue[v] == UPBIT)])
+            np.testing.assert_array_equal(bn, v[(b.sym[v] == sid) & (b.venue[v] == BINANCE)])
+            np.testing.assert_array_equal(fx_rows, fx)
 
 
 @pytest.mark.parametrize("quiet", [None, "BTC"])
@@ -114,7 +121,7 @@ def test_shell_fills_like_a_local_executor_and_resumes_from_a_snapshot_without_i
         last_part = part if part is not None else last_part
         if op[0] == OP_COLLECT:
             got.append(repr(out))
-        quiet_here = part is not None and part.rows_for("BTC").size == 0
+        quiet_here = part is not None and not any(r.size for r in part.rows_for("BTC"))
         if (snap is None and i >= len(steps) // 2 and op[0] == OP_INGEST
                 and (quiet_here or not quiet)):
             seq += 1

@@ -24,6 +24,7 @@ from common.portfolio.state import FeeSchedule
 from common.risk.guard import RiskLimits
 from common.settings import Settings
 from common.strategy.signals import StrategyConfig, TopBatch
+from common.types import UPBIT
 
 DATA_SOURCES = ("mock", "replay", "real")
 #: one hour of mock market unless the user says otherwise
@@ -221,6 +222,29 @@ class ValidatedBatch:
     top: TopBatch
     rows_in: int
     rejected: dict[str, int]
+
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def executor_rows(vb: ValidatedBatch, symbol_ids: dict[str, int], fx_id: int
+                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """The rows each symbol's executor takes from a validated batch, for both engines alike:
+    per symbol, its valid Upbit rows and its valid Binance rows; and the valid FX (Upbit) rows,
+    which every executor takes. Indices into the batch, each ascending, no copies of rows."""
+    valid, top = vb.valid_rows, vb.top
+    fx = top.rows_of(fx_id)
+    fx_rows = valid[fx[top.venue[fx] == UPBIT]]
+    out = {}
+    for name, sid in symbol_ids.items():
+        mine = top.rows_of(sid)
+        if mine.size:
+            # rows_of keeps row order, so each venue's part stays ascending
+            on_upbit = top.venue[mine] == UPBIT
+            out[name] = (valid[mine[on_upbit]], valid[mine[~on_upbit]])
+        else:
+            out[name] = (_NO_ROWS, _NO_ROWS)
+    return out, fx_rows
 
 
 def validate_batch(validator: BookValidator, batch: BookBatch,

@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from loguru import logger
 
 from common.engine.build import (
     MarketSource,
     coordinator_config,
+    executor_rows,
     fee_schedule,
     fill_model_config,
     validate_batch,
@@ -24,9 +24,7 @@ from common.marketdata.validate import BookValidator
 from common.reporting.kpi import KpiAccumulator
 from common.reporting.trade_log import TradeLogger
 from common.settings import Settings
-from common.types import UPBIT, ExecutionResult, Trade
-
-_NONE = np.zeros(0, dtype=np.int64)
+from common.types import ExecutionResult, Trade
 
 
 class LocalExecution:
@@ -44,19 +42,10 @@ class LocalExecution:
         self._factory.create_paper_executor(symbol, None, None, self._fill_cfg)
 
     def ingest(self, vb, symbol_ids: dict[str, int], fx_id: int) -> None:
-        """Hand each executor its symbol's valid rows plus the FX rows (indices, no copies)."""
-        batch, valid, top = vb.batch, vb.valid_rows, vb.top
-        fx = top.rows_of(fx_id)
-        fx_rows = valid[fx[top.venue[fx] == UPBIT]]
+        """Hand each executor its rows of the batch (``executor_rows``: indices, no copies)."""
+        rows, fx_rows = executor_rows(vb, symbol_ids, fx_id)
         for name, ex in self.executors.items():
-            mine = top.rows_of(symbol_ids[name])
-            if mine.size:
-                # rows_of keeps row order, so each venue's part stays ascending
-                on_upbit = top.venue[mine] == UPBIT
-                ex.ingest_split(batch, top.start_ns, valid[mine[on_upbit]],
-                                valid[mine[~on_upbit]], fx_rows)
-            else:
-                ex.ingest_split(batch, top.start_ns, _NONE, _NONE, fx_rows)
+            ex.ingest_split(vb.batch, vb.top.start_ns, *rows[name], fx_rows)
 
     def submit(self, symbol: str, trades: list[Trade]) -> None:
         self.executors[symbol].submit(trades)

@@ -169,11 +169,6 @@ class PaperExecutor:
         ``watermark_ns`` is the engine clock at the start of the batch: every leg arriving
         before it is filled now against the books it can see, before they are replaced.
         """
-        if rows is not None and len(rows) == 0:
-            # nothing for this executor in the batch (live batches hold one or two books, so
-            # most executors, most of the time): no selection work
-            self.ingest_split(batch, watermark_ns, _NO_ROWS, _NO_ROWS, _NO_ROWS)
-            return
         names = batch.symbols
         fx_id = names.index(FX_SYMBOL) if FX_SYMBOL in names else -2
         my_id = names.index(self.symbol) if self.symbol in names else -2
@@ -186,8 +181,8 @@ class PaperExecutor:
     def ingest_split(self, batch: BookBatch, watermark_ns: int, up: np.ndarray, bn: np.ndarray,
                      fx_rows: np.ndarray) -> None:
         """``ingest`` with the rows already split: this symbol's Upbit rows, its Binance rows
-        and the FX book's (Upbit) rows, each ascending (the local engine splits them for every
-        executor at once)."""
+        and the FX book's (Upbit) rows, each ascending (both engines split a batch for all
+        executors at once: ``common.engine.build.executor_rows``)."""
         if not (up.size or bn.size or fx_rows.size or self._pending) and self._quiet:
             # nothing new and nothing to fill: the books seen so far are already carried; only
             # the batch (none of whose rows are held) is the current one, as after any ingest
