@@ -78,11 +78,17 @@ def test_config_defaults_and_validation():
     assert cfg.start_ns == DEFAULT_START_NS == 1_767_225_600_000_000_000
     assert (cfg.levels, cfg.binance_interval_ms, cfg.upbit_interval_ms, cfg.fx_interval_ms) == (
         10,
-        250,
-        500,
+        100,
+        300,
         1000,
     )
     assert (cfg.bad_book_prob, cfg.thin_book_prob, cfg.chunk_seconds) == (0.002, 0.05, 60)
+    assert (
+        cfg.upbit_feed_latency_ms,
+        cfg.binance_feed_latency_ms,
+        cfg.feed_jitter_ms,
+        cfg.volatility,
+    ) == (30.0, 15.0, 10.0, 1.0)
     with pytest.raises(ValueError, match="NOPE"):
         MockConfig(seed=1, symbols=("BTC", "NOPE"))
     with pytest.raises(ValueError):
@@ -95,6 +101,18 @@ def test_config_defaults_and_validation():
         MockConfig(seed=1, bad_book_prob=1.5)
     with pytest.raises(ValueError):
         MockConfig(seed=1, binance_interval_ms=0)
+    for bad in (
+        {"volatility": 0.0},
+        {"volatility": -1.0},
+        {"volatility": float("nan")},
+        {"upbit_feed_latency_ms": -1.0},
+        {"binance_feed_latency_ms": float("inf")},
+        {"feed_jitter_ms": -0.5},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MockConfig(seed=1, **bad)
+    # zero latency and zero jitter are allowed
+    MockConfig(seed=1, upbit_feed_latency_ms=0, binance_feed_latency_ms=0, feed_jitter_ms=0)
 
 
 def test_upbit_tick_table():
@@ -116,13 +134,34 @@ def test_upbit_tick_table():
 # -- determinism ------------------------------------------------------------------------------
 
 
+def assert_batches_cut_between_instants(batches: list[BookBatch], rows: int) -> None:
+    """Each batch has ``rows`` rows, or more only to keep books of one recv_ns together."""
+    for b, nxt in zip(batches[:-1], batches[1:], strict=True):
+        assert len(b) >= rows
+        assert b.recv_ns[-1] < nxt.recv_ns[0]  # no instant split across two batches
+        if len(b) > rows:  # extended: only over a run of equal recv_ns
+            assert np.all(b.recv_ns[rows - 1 :] == b.recv_ns[-1])
+    assert 0 < len(batches[-1])
+
+
 def test_same_rows_regardless_of_batch_rows():
     cfg = MockConfig(seed=11, symbols=SMALL, chunk_seconds=20.0)
     ref = run(cfg, 90.0, batch_rows=65536)
     for rows in (1, 97, 1000, 4096):
         batches = list(MockMarket(cfg).batches(90.0, rows))
-        assert all(len(b) == rows for b in batches[:-1])
-        assert 0 < len(batches[-1]) <= rows
+        assert_batches_cut_between_instants(batches, rows)
+        assert_same_rows(BookBatch.concat(batches), ref)
+
+
+def test_books_of_one_instant_stay_in_one_batch():
+    # without feed jitter, Binance books of different symbols often share a recv_ns
+    cfg = MockConfig(seed=4, symbols=mock_universe_topn(12), feed_jitter_ms=0.0, chunk_seconds=7)
+    ref = run(cfg, 30.0)
+    ties = np.diff(ref.recv_ns) == 0
+    assert ties.sum() > 50
+    for rows in (1, 2, 13, 500):
+        batches = list(MockMarket(cfg).batches(30.0, rows))
+        assert_batches_cut_between_instants(batches, rows)
         assert_same_rows(BookBatch.concat(batches), ref)
 
 
@@ -154,8 +193,9 @@ def test_zero_duration_and_open_ended():
     assert list(mock.batches(0.0)) == []
     it = mock.batches(None, batch_rows=1000)
     first = [next(it) for _ in range(3)]
-    assert [len(b) for b in first] == [1000] * 3
-    assert_same_rows(BookBatch.concat(first), run(mock.cfg, 240.0).take(np.arange(3000)))
+    assert_batches_cut_between_instants(first, 1000)
+    got = BookBatch.concat(first)
+    assert_same_rows(got, run(mock.cfg, 240.0).take(np.arange(len(got))))
 
 
 # -- shape and ordering -------------------------------------------------------------------------
@@ -173,11 +213,16 @@ def test_sorted_streams_and_symbols(hour):
     assert b.recv_ns.max() < cfg.start_ns + 3600 * 10**9
     assert b.quote_ok.all()
     assert set(np.unique(b.venue).tolist()) == {UPBIT, BINANCE}
-    # every symbol on both venues; FX only on upbit
+    # every symbol on both venues, at the recorded feeds' rates (Binance @depth@100ms: 7-10
+    # books/s, more for more active symbols; Upbit's 300 ms cycle: 0.6-2.5/s); FX only on upbit
+    rates = {}
     for s in range(1, len(b.symbols)):
-        for venue, interval in ((UPBIT, 0.5), (BINANCE, 0.25)):
+        for venue, lo, hi in ((UPBIT, 0.6, 2.5), (BINANCE, 7.0, 10.0)):
             n = int(np.sum((b.sym == s) & (b.venue == venue)))
-            assert abs(n - 3600 / interval) < 5 * np.sqrt(3600 / interval), (s, venue, n)
+            rates[venue, s] = n / 3600
+            assert lo <= n / 3600 <= hi, (s, venue, n)
+    assert rates[BINANCE, 1] > 9.5 and rates[UPBIT, 1] > 2.2  # BTC, the most active
+    assert rates[BINANCE, 1] > rates[BINANCE, 20] and rates[UPBIT, 1] > rates[UPBIT, 20]
     fx = b.sym == 0
     assert not np.any(fx & (b.venue == BINANCE))
     assert abs(int(fx.sum()) - 3600) < 300
@@ -185,17 +230,22 @@ def test_sorted_streams_and_symbols(hour):
     key = b.venue.astype(np.int64) * 100 + b.sym
     order = np.lexsort((np.arange(len(b)), key))
     same = key[order][1:] == key[order][:-1]
-    assert np.all(np.diff(b.ts_ns[order])[same] >= 0)
-    assert np.all(np.diff(b.recv_ns[order])[same] >= 0)
+    assert np.all(np.diff(b.ts_ns[order])[same] > 0)
+    # no two books of one stream at one recv_ns: a decision would be taken on the first
+    assert np.all(np.diff(b.recv_ns[order])[same] > 0)
+    # venue times are whole milliseconds, as the venues send them
+    assert np.all(b.ts_ns % 1_000_000 == 0)
 
 
 def test_delays(hour):
+    # recv_ns = ts_ns + the venue's feed latency (30 / 15 ms) + uniform jitter in [0, 10 ms)
     _, b, _ = hour
     d = (b.recv_ns - b.ts_ns) / 1e6
     up, bn = d[b.venue == UPBIT], d[b.venue == BINANCE]
-    assert 8 < np.median(up) < 30
-    assert 80 < np.median(bn) < 180
-    assert up.std() > 1 and bn.std() > 10
+    assert up.min() >= 30 and np.percentile(up, 99.9) < 40.01
+    assert bn.min() >= 15 and np.percentile(bn, 99.9) < 25.01
+    assert abs(np.median(up) - 35) < 0.5 and abs(np.median(bn) - 20) < 0.5
+    assert 2.5 < up.std() < 3.3 and 2.5 < bn.std() < 3.3  # 10 / sqrt(12)
 
 
 def test_mostly_valid_with_every_kind_of_bad_book(hour):
@@ -219,13 +269,28 @@ def test_valid_books_are_tick_rounded_and_realistic(hour):
     assert np.all(nb == 10) and np.all(na == 10)
     bb, ba = good.best_bid(), good.best_ask()
     up = good.venue == UPBIT
-    # upbit prices sit on the KRW tick grid of their price band
-    tick = upbit_krw_tick((bb + ba) / 2)
-    spread_ticks = (ba - bb) / tick
-    assert np.allclose(spread_ticks[up], np.round(spread_ticks[up]), atol=1e-6)
-    assert set(np.round(spread_ticks[up]).astype(int).tolist()) <= {1, 2, 3}
-    ratio = bb[up] / tick[up]
-    assert np.allclose(ratio, np.round(ratio), rtol=0, atol=1e-6)
+    # every upbit price, at every level, sits on the KRW tick grid of its own price band
+    uprows = np.flatnonzero(up)
+    for px, off in ((good.bid_px, good.bid_off), (good.ask_px, good.ask_off)):
+        vals = px[np.concatenate([np.arange(off[i], off[i + 1]) for i in uprows[:20000]])]
+        ratio = vals / upbit_krw_tick(vals)
+        assert np.allclose(ratio, np.round(ratio), rtol=0, atol=1e-6)
+    # spreads of 1-3 ticks of the book's grid: the coarsest band tick all its prices sit on
+    # (the best ask's band tick, or a coarser band's where the book reaches into that band)
+    sub = good.take(uprows)
+    prices = np.concatenate([sub.bid_px.reshape(-1, 10), sub.ask_px.reshape(-1, 10)], axis=1)
+    grid = np.zeros(len(sub))
+    for t in np.unique(upbit_krw_tick(prices)):
+        for c in (t, t * 5, t * 10):
+            q = prices / c
+            on = np.all(np.abs(q - np.round(q)) < 1e-6, axis=1)
+            grid = np.where(on, np.maximum(grid, c), grid)
+    sb, sa = sub.best_bid(), sub.best_ask()
+    assert np.all(grid >= upbit_krw_tick(sa))
+    spread_ticks = (sa - sb) / grid
+    assert np.allclose(spread_ticks, np.round(spread_ticks), atol=1e-6)
+    assert set(np.round(spread_ticks).astype(int).tolist()) <= {1, 2, 3}
+    assert np.mean(grid == upbit_krw_tick(sa)) > 0.99
     # binance spreads are 1-3 ticks of the symbol
     names = good.symbols
     btick = np.array([0.0] + [MOCK_UNIVERSE[s].binance_tick for s in names[1:]])[good.sym]

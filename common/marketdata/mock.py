@@ -1,26 +1,41 @@
 """A seeded, realistic mock market: Binance USDT books, Upbit KRW books and the KRW-USDT FX book.
 
-Model (all in event time, on a 50 ms grid, vectorised per chunk):
+Calibrated against the recorded 2021 books (``docs/mock_calibration.md``, made by
+``scripts/calibrate_mock.py``). Model (all in event time, on a 50 ms grid, vectorised per chunk):
 
 * Binance mid per symbol: a geometric random walk with the symbol's daily volatility and a
   common market factor (correlation 0.6 between symbols).
 * FX (KRW per USDT): a slow mean-reverting walk around 1400 KRW.
 * Premium per symbol: a persistent level (+1.5 % .. +3.5 %, drifting slowly) plus an
-  Ornstein-Uhlenbeck deviation (20-30 bps stationary stdev, half-life of a few minutes) plus
-  occasional jumps of 40-120 bps that decay back (half-life 1-4 minutes).
+  Ornstein-Uhlenbeck deviation (15-22 bps stationary stdev in calm hours, half-life of a few
+  minutes), a fast OU part (3-6 bps, half-life 2-8 s: Upbit lagging Binance) and occasional
+  jumps of 40-120 bps that decay back (half-life 1-4 minutes, about one an hour).
+* Regimes: the whole market switches between calm and volatile hours (mean durations 3 h and
+  1 h); volatile hours have 2.2x the deviation stdev and 3x the jump rate.
+* ``volatility`` v: deviation stdevs x v, jump rate x v, jump size x sqrt(v), price volatility
+  x v (1 = calibrated; 4-5 = a busy market). It changes no book time.
 * Upbit mid = Binance mid * FX * (1 + premium).
+* Book times: each (venue, symbol) stream publishes on a period (Binance ``@depth@100ms``:
+  100 ms; Upbit's cycle: 300 ms) with a fixed phase, a book in a period with a probability that
+  grows with the asset's traded value (Binance 0.70-0.98, Upbit 0.20-0.75; the FX book about
+  one a second). ``ts_ns`` is the venue time in whole ms (Upbit's scattered over the first
+  40 ms of the cycle); ``recv_ns = ts_ns + feed latency of the venue + uniform jitter in
+  [0, feed_jitter_ms)``, strictly increasing within a stream (never reordering it; a tie is
+  nudged by 1 ns), and the output is sorted by ``recv_ns``.
 * Books: tick-rounded prices (Upbit's KRW tick table by price band, Binance per-symbol ticks),
   1-3 tick spreads, ``levels`` strictly sorted levels per side, lognormal sizes around the
-  symbol's typical depth (a little more depth further out). With ``thin_book_prob`` a book is
-  30-150x thinner (a few hundred to a few thousand USD per level: orders of a few thousand USD
-  then really fill partially); with ``bad_book_prob`` a book is corrupted (crossed, NaN price, negative size,
-  zero price, unsorted levels or an empty side).
-* Each (venue, symbol) stream has exponential inter-arrival times; ``recv_ns`` = ``ts_ns`` + a
-  jittered venue delay (never reordering a stream), and the output is sorted by ``recv_ns``.
+  symbol's typical depth (a little more depth further out). The best level is a queue that
+  trades consume between books (a lognormal share per book) until the best price moves or the
+  queue is refreshed; about half the books repeat the previous book's top (best prices and
+  sizes; fewer at higher volatility) and change only deeper levels. With ``thin_book_prob`` a
+  book is 30-150x thinner (a few hundred to a few thousand USD per level: orders of a few
+  thousand USD then really fill partially); with ``bad_book_prob`` a book is corrupted
+  (crossed, NaN price, negative size, zero price, unsorted levels or an empty side).
 
 Determinism: the market is generated in fixed event-time chunks of ``chunk_seconds``, chunk k from
 its own RNG (``SeedSequence(seed, spawn_key=(0, k))``), the state carried from chunk to chunk;
-the sorted row stream is then cut into batches, so ``batch_rows`` never changes the rows.
+the sorted row stream is then cut into batches (never between two rows of one ``recv_ns``), so
+``batch_rows`` never changes the rows.
 """
 
 from __future__ import annotations
@@ -140,6 +155,15 @@ def upbit_krw_tick(price_krw: np.ndarray | float) -> np.ndarray:
     return _BAND_TICK[np.clip(idx, 0, len(_BAND_TICK) - 1)]
 
 
+def _upbit_book_tick(mid: np.ndarray, levels: int) -> np.ndarray:
+    """One tick for a whole Upbit book around ``mid``: the tick of the band of the book's
+    highest price (bands' ticks are multiples of the finer bands' ticks, so every level of a
+    book that reaches into a coarser band lies on the grid of its own band)."""
+    fine = upbit_krw_tick(mid)
+    extra = np.maximum(0.0, mid * (_LEVEL_SPACING_BPS * 1e-4) / fine - 1.0)
+    return upbit_krw_tick(mid + (levels + 3) * (2.0 * extra + 2.0) * fine)
+
+
 #: 2026-01-01T00:00:00Z in ns.
 DEFAULT_START_NS = 1_767_225_600 * 1_000_000_000
 
@@ -147,22 +171,35 @@ FX_CENTER_KRW = 1400.0
 _GRID_NS = 50_000_000  # 50 ms event-time grid for the price processes
 _DAY_S = 86_400.0
 _MARKET_CORR = 0.6
-_UPBIT_DELAY_MS = 15.0
-_BINANCE_DELAY_MS = 120.0
-_DELAY_JITTER = 0.35  # lognormal sigma of the delays
+#: activity of an asset in [0, 1] from its traded value (log scale, 10^7.5 .. 10^10.5 USD)
+_ACT_LO, _ACT_SPAN = 7.5, 3.0
+#: probability that a symbol publishes a book in one publishing period, by activity 0 .. 1
+_BINANCE_P_LO, _BINANCE_P_HI = 0.70, 0.98  # @depth@100ms: 7-10 books/s (recorded 7.3-9.7)
+_UPBIT_P_LO, _UPBIT_P_HI = 0.20, 0.75  # 300 ms cycle: 0.7-2.5 books/s (recorded 0.6-2.2)
+_UPBIT_TS_JITTER_MS = 40  # Upbit's venue times scatter over the first ms of its cycle
 _LEVEL_SPACING_BPS = 1.0  # typical distance between levels where ticks are finer than this
 _UPBIT_DEPTH_FACTOR = 0.7
 _FX_DEPTH_USD = 300_000.0
 _SIZE_SIGMA = 0.7
 _SPREAD_TICKS_P = (0.6, 0.3, 0.1)  # P(spread = 1, 2, 3 ticks)
-#: premium process parameters
+#: share of books whose top (best prices and sizes) repeats the previous book's, at volatility 1
+_HOLD_P = {UPBIT: 0.50, BINANCE: 0.50}
+#: best-level queues: trades take a lognormal share between books, refreshed now and then
+_QUEUE_DRIFT, _QUEUE_SD, _QUEUE_REFRESH_P = -0.12, 0.30, 0.15
+_QUEUE_LOG_LO, _QUEUE_LOG_HI = math.log(0.05), math.log(3.0)
+#: premium process parameters (calm regime, volatility 1)
 _LEVEL_LO, _LEVEL_HI = 0.015, 0.035
 _LEVEL_SD, _LEVEL_HALF_LIFE_S = 0.0030, 3 * 3600.0
-_DEV_SD_LO, _DEV_SD_HI = 0.0018, 0.0028
+_DEV_SD_LO, _DEV_SD_HI = 0.0015, 0.0022
 _DEV_HL_LO_S, _DEV_HL_HI_S = 120.0, 360.0
+_FAST_SD_LO, _FAST_SD_HI = 0.0003, 0.0006  # Upbit lagging Binance by seconds
+_FAST_HL_LO_S, _FAST_HL_HI_S = 2.0, 8.0
 _JUMP_MEAN_INTERVAL_S = 3600.0  # per symbol
 _JUMP_LO, _JUMP_HI = 0.0040, 0.0120
 _JUMP_HL_LO_S, _JUMP_HL_HI_S = 60.0, 240.0
+#: market-wide regimes: calm and volatile hours (mean durations; volatile multipliers)
+_CALM_MEAN_S, _VOLATILE_MEAN_S = 3 * 3600.0, 3600.0
+_VOLATILE_SD_MULT, _VOLATILE_JUMP_MULT = 2.2, 3.0
 _FX_SD, _FX_HALF_LIFE_S = 0.005, _DAY_S
 #: corruption kinds (bad books)
 BAD_KINDS = ("crossed", "nan_price", "negative_size", "zero_price", "unsorted", "empty_side")
@@ -174,16 +211,32 @@ def _default_symbols() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class MockConfig:
+    """The mock market's settings.
+
+    ``binance_interval_ms``: Binance's publishing period (``@depth@100ms``): a symbol publishes
+    at most one book per period, with a probability that grows with its traded value.
+    ``upbit_interval_ms``: Upbit's publishing cycle per market (about 300 ms in the recordings),
+    likewise. ``fx_interval_ms``: mean interval of the KRW-USDT book (on Upbit's cycle).
+    ``*_feed_latency_ms`` + a uniform jitter in [0, ``feed_jitter_ms``): venue time to receive
+    time. ``volatility``: multiplies the premium's deviation stdev, its jump rate and (by the
+    square root) jump size, and the prices' volatility; 1 is the calibrated market, 4-5 a busy
+    one.
+    """
+
     seed: int = 0
     symbols: tuple[str, ...] = field(default_factory=_default_symbols)
     start_ns: int = DEFAULT_START_NS
     levels: int = 10
-    binance_interval_ms: float = 250.0
-    upbit_interval_ms: float = 500.0
+    binance_interval_ms: float = 100.0
+    upbit_interval_ms: float = 300.0
     fx_interval_ms: float = 1000.0
     bad_book_prob: float = 0.002
     thin_book_prob: float = 0.05
     chunk_seconds: float = 60.0
+    upbit_feed_latency_ms: float = 30.0
+    binance_feed_latency_ms: float = 15.0
+    feed_jitter_ms: float = 10.0
+    volatility: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symbols", tuple(self.symbols))
@@ -201,11 +254,19 @@ class MockConfig:
         if self.levels < 1:
             raise ValueError("mock market levels must be >= 1")
         for name in ("binance_interval_ms", "upbit_interval_ms", "fx_interval_ms", "chunk_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"mock market {name} must be > 0")
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"mock market {name} must be > 0 (got {v})")
         for name in ("bad_book_prob", "thin_book_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"mock market {name} must be within [0, 1]")
+        for name in ("upbit_feed_latency_ms", "binance_feed_latency_ms", "feed_jitter_ms"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and 0.0 <= v <= 60_000.0):
+                raise ValueError(f"mock market {name} must be within [0, 60000] ms (got {v})")
+        v = self.volatility
+        if not (math.isfinite(v) and 0.0 < v <= 100.0):
+            raise ValueError(f"mock market volatility must be > 0 and <= 100 (got {v})")
 
 
 def _seed_entropy(seed: int) -> int:
@@ -241,13 +302,17 @@ class MockMarket:
         self.symtab = SymbolTable((FX_SYMBOL, *syms))
         assets = [MOCK_UNIVERSE[s] for s in syms]
         self._n = n = len(syms)
-        self._vol_step = np.array([a.daily_vol for a in assets]) * math.sqrt(
+        vol = cfg.volatility
+        self._vol_step = np.array([a.daily_vol for a in assets]) * vol * math.sqrt(
             _GRID_NS / 1e9 / _DAY_S
         )
         self._price0 = np.array([a.price_usd for a in assets])
         self._depth = np.array([a.depth_usd for a in assets], dtype=np.float64)
         self._btick = np.array([a.binance_tick for a in assets])
         self._blot = np.array([a.binance_lot for a in assets])
+        activity = np.clip(
+            (np.log10([a.volume_usd for a in assets]) - _ACT_LO) / _ACT_SPAN, 0.0, 1.0
+        )
 
         # streams: 0 = FX, 1..n = upbit symbols, n+1..2n = binance symbols
         self._st_venue = np.concatenate([[UPBIT], np.full(n, UPBIT), np.full(n, BINANCE)]).astype(
@@ -255,22 +320,35 @@ class MockMarket:
         )
         self._st_asset = np.concatenate([[-1], np.arange(n), np.arange(n)]).astype(np.int64)
         self._st_sym = (self._st_asset + 1).astype(np.int32)  # symtab: FX is 0, asset j is j+1
-        self._st_interval_s = (
-            np.concatenate(
-                [
-                    [cfg.fx_interval_ms],
-                    np.full(n, cfg.upbit_interval_ms),
-                    np.full(n, cfg.binance_interval_ms),
-                ]
-            )
-            / 1e3
+        # publishing: one slot per period, a book in a slot with probability _st_p
+        up_ns = max(1, int(round(cfg.upbit_interval_ms * 1e6)))
+        bn_ns = max(1, int(round(cfg.binance_interval_ms * 1e6)))
+        self._st_period = np.concatenate([[up_ns], np.full(n, up_ns), np.full(n, bn_ns)]).astype(
+            np.int64
         )
+        self._st_p = np.concatenate(
+            [
+                [min(1.0, cfg.upbit_interval_ms / cfg.fx_interval_ms)],
+                _UPBIT_P_LO + (_UPBIT_P_HI - _UPBIT_P_LO) * activity,
+                _BINANCE_P_LO + (_BINANCE_P_HI - _BINANCE_P_LO) * activity,
+            ]
+        )
+        # venue times are whole ms; Upbit's scatter within the start of its cycle
+        self._st_ts_jitter = np.where(
+            self._st_venue == UPBIT, min(_UPBIT_TS_JITTER_MS, max(1, up_ns // 2_000_000)), 1
+        ).astype(np.int64)
+        self._st_latency = np.where(
+            self._st_venue == UPBIT, cfg.upbit_feed_latency_ms, cfg.binance_feed_latency_ms
+        )
+        self._st_hold = np.array(
+            [_HOLD_P[int(v)] for v in self._st_venue]
+        ) / max(1.0, math.sqrt(vol))
 
         init = np.random.default_rng(
             np.random.SeedSequence(_seed_entropy(cfg.seed), spawn_key=(1,))
         )
         self._level_base = init.uniform(_LEVEL_LO, _LEVEL_HI, n)
-        self._dev_sd = init.uniform(_DEV_SD_LO, _DEV_SD_HI, n)
+        self._dev_sd = init.uniform(_DEV_SD_LO, _DEV_SD_HI, n) * vol
         dev_hl = init.uniform(_DEV_HL_LO_S, _DEV_HL_HI_S, n)
         jump_hl = init.uniform(_JUMP_HL_LO_S, _JUMP_HL_HI_S, n)
         dt = _GRID_NS / 1e9
@@ -278,20 +356,33 @@ class MockMarket:
         self._a_jump = np.exp(-math.log(2) * dt / jump_hl)
         self._a_level = np.full(n, math.exp(-math.log(2) * dt / _LEVEL_HALF_LIFE_S))
         self._a_fx = np.array([math.exp(-math.log(2) * dt / _FX_HALF_LIFE_S)])
+        self._fast_sd = init.uniform(_FAST_SD_LO, _FAST_SD_HI, n) * vol
+        self._a_fast = np.exp(-math.log(2) * dt / init.uniform(_FAST_HL_LO_S, _FAST_HL_HI_S, n))
+        phase_ms = init.integers(0, 1 << 30, 2 * n + 1)
+        self._st_phase = (phase_ms % np.maximum(1, self._st_period // 1_000_000)) * 1_000_000
+        self._jump_p = dt / _JUMP_MEAN_INTERVAL_S * vol
+        self._jump_scale = math.sqrt(vol)
+        volatile0 = bool(init.random() < _VOLATILE_MEAN_S / (_CALM_MEAN_S + _VOLATILE_MEAN_S))
+        first_switch_s = init.exponential(_VOLATILE_MEAN_S if volatile0 else _CALM_MEAN_S)
         self._init_state = {
             "logp": np.log(self._price0) + init.normal(0.0, 0.02, n),
             "level": init.normal(0.0, _LEVEL_SD, n),  # deviation of the level from its base
             "dev": init.normal(0.0, 1.0, n) * self._dev_sd,
             "jump": np.zeros(n),
+            "fast": np.zeros(n),
             "logfx": np.array([init.normal(0.0, _FX_SD * 0.5)]),
             "last_recv": np.full(2 * n + 1, np.iinfo(np.int64).min, dtype=np.int64),
+            # market regime: volatile?, and the event time of its next switch
+            "regime": np.array([volatile0]),
+            "next_switch": np.array([cfg.start_ns + int(first_switch_s * 1e9)], dtype=np.int64),
         }
 
     # -- public ------------------------------------------------------------------------------
 
     def batches(self, duration_s: float | None, batch_rows: int = 65536) -> Iterator[BookBatch]:
-        """Rows with ``recv_ns < start + duration_s`` in ``recv_ns`` order, ``batch_rows`` each
-        (the last batch may be shorter). ``duration_s=None`` generates without end."""
+        """Rows with ``recv_ns < start + duration_s`` in ``recv_ns`` order, ``batch_rows`` each,
+        or a few more where rows with one ``recv_ns`` would be split (the last batch may be
+        shorter). ``duration_s=None`` generates without end."""
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
         cfg = self.cfg
@@ -317,13 +408,17 @@ class MockMarket:
             carry = merged.take(order[cut:])
             k += 1
             if pending_rows >= batch_rows:
+                # no cut inside a run of equal recv_ns: every book of one instant in one batch
+                # (a run never spans chunks: pending rows are all before the boundary)
                 big = BookBatch.concat(pending)
-                n_full = pending_rows // batch_rows
-                for i in range(n_full):
-                    yield _rows(big, i * batch_rows, (i + 1) * batch_rows)
-                rest = pending_rows - n_full * batch_rows
-                pending = [_rows(big, n_full * batch_rows, pending_rows)] if rest else []
-                pending_rows = rest
+                pos = 0
+                while pending_rows - pos >= batch_rows:
+                    end = pos + batch_rows
+                    end = int(np.searchsorted(big.recv_ns, big.recv_ns[end - 1], side="right"))
+                    yield _rows(big, pos, end)
+                    pos = end
+                pending = [_rows(big, pos, pending_rows)] if pos < pending_rows else []
+                pending_rows -= pos
         if pending_rows:
             yield BookBatch.concat(pending)
 
@@ -336,6 +431,21 @@ class MockMarket:
         )
         n = self._n
         g = -(-chunk_ns // _GRID_NS)  # grid steps covering the chunk
+
+        # market regime per grid step (switches at exponential times, carried across chunks)
+        volatile = np.empty(g, dtype=bool)
+        at, on = 0, bool(state["regime"][0])
+        while True:
+            nxt = int(state["next_switch"][0])
+            step = max(at, min(g, -(-(nxt - c0) // _GRID_NS)))
+            volatile[at:step] = on
+            if step >= g:
+                break
+            at, on = step, not on
+            mean_s = _VOLATILE_MEAN_S if on else _CALM_MEAN_S
+            state["next_switch"][0] = nxt + max(1, int(rng.exponential(mean_s) * 1e9))
+        state["regime"][0] = on
+        sd_mult = np.where(volatile, _VOLATILE_SD_MULT, 1.0)[None, :]
 
         # price processes on the grid: (n, g+1) paths, column 0 = carried state
         zm = rng.standard_normal(g)
@@ -350,7 +460,16 @@ class MockMarket:
         dev = _ou_path(
             state["dev"],
             self._a_dev,
-            rng.standard_normal((n, g)) * (self._dev_sd * np.sqrt(1 - self._a_dev**2))[:, None],
+            rng.standard_normal((n, g))
+            * (self._dev_sd * np.sqrt(1 - self._a_dev**2))[:, None]
+            * sd_mult,
+        )
+        fast = _ou_path(
+            state["fast"],
+            self._a_fast,
+            rng.standard_normal((n, g))
+            * (self._fast_sd * np.sqrt(1 - self._a_fast**2))[:, None]
+            * sd_mult,
         )
         level = _ou_path(
             state["level"],
@@ -358,12 +477,17 @@ class MockMarket:
             rng.standard_normal((n, g)) * (_LEVEL_SD * np.sqrt(1 - self._a_level**2))[:, None],
         )
         jumps = np.zeros((n, g))
-        hit = rng.random((n, g)) < (_GRID_NS / 1e9) / _JUMP_MEAN_INTERVAL_S
+        jump_p = self._jump_p * np.where(volatile, _VOLATILE_JUMP_MULT, 1.0)[None, :]
+        hit = rng.random((n, g)) < jump_p
         n_hit = int(hit.sum())
         if n_hit:
-            jumps[hit] = rng.uniform(_JUMP_LO, _JUMP_HI, n_hit) * rng.choice((-1.0, 1.0), n_hit)
+            jumps[hit] = (
+                rng.uniform(_JUMP_LO, _JUMP_HI, n_hit)
+                * self._jump_scale
+                * rng.choice((-1.0, 1.0), n_hit)
+            )
         jump = _ou_path(state["jump"], self._a_jump, jumps)
-        premium = self._level_base[:, None] + level + dev + jump
+        premium = self._level_base[:, None] + level + dev + fast + jump
         logfx = _ou_path(
             state["logfx"],
             self._a_fx,
@@ -372,31 +496,50 @@ class MockMarket:
         fx = FX_CENTER_KRW * np.exp(logfx)
         state["logp"] = logp[:, -1].copy()
         state["dev"] = dev[:, -1].copy()
+        state["fast"] = fast[:, -1].copy()
         state["level"] = level[:, -1].copy()
         state["jump"] = jump[:, -1].copy()
         state["logfx"] = logfx[-1:].copy()
 
-        # event times: a Poisson process per stream (exponential inter-arrival times)
-        counts = rng.poisson(chunk_ns / 1e9 / self._st_interval_s)
-        stream = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+        # event times: each stream's publishing slots (period, phase) within the chunk, a book
+        # in a slot with the stream's probability; rows grouped by stream, in time order
+        period, rel0 = self._st_period, c0 - cfg.start_ns - self._st_phase
+        first_slot = -(-rel0 // period)
+        n_slots = -(-(rel0 + chunk_ns) // period) - first_slot
+        slot_stream = np.repeat(np.arange(n_slots.shape[0], dtype=np.int64), n_slots)
+        slot_pos = np.arange(slot_stream.shape[0]) - np.repeat(np.cumsum(n_slots) - n_slots, n_slots)
+        keep = rng.random(slot_stream.shape[0]) < self._st_p[slot_stream]
+        stream = slot_stream[keep]
+        slot_t = (first_slot[stream] + slot_pos[keep]) * period[stream] + self._st_phase[stream]
         r = stream.shape[0]
-        t_rel = np.sort(stream * chunk_ns + rng.integers(0, chunk_ns, r)) - stream * chunk_ns
-        ts = c0 + t_rel
+        jit = rng.integers(0, 1 << 30, r) % self._st_ts_jitter[stream]
+        ts = cfg.start_ns + slot_t + jit * 1_000_000
+        t_rel = ts - c0
+        counts = np.bincount(stream, minlength=period.shape[0])
+        first = np.ones(r, dtype=bool)
+        first[1:] = stream[1:] != stream[:-1]
         venue = self._st_venue[stream]
         is_up = venue == UPBIT
         asset = self._st_asset[stream]
         is_fx = asset < 0
         a_idx = np.where(is_fx, 0, asset)
-        gi = np.minimum(t_rel // _GRID_NS, g)
+        gi = np.clip(t_rel // _GRID_NS, 0, g)
 
-        # delays: jittered, never negative, never reordering a stream (TCP keeps order)
-        base_ms = np.where(is_up, _UPBIT_DELAY_MS, _BINANCE_DELAY_MS)
-        delay = (base_ms * 1e6 * np.exp(_DELAY_JITTER * rng.standard_normal(r))).astype(np.int64)
-        rel = t_rel + delay
-        span = int(rel.max()) + 1 if r else 1
-        rel = np.maximum.accumulate(stream * span + rel) - stream * span
-        recv = np.maximum(c0 + rel, state["last_recv"][stream])
+        # receive times: venue time + feed latency + uniform jitter; within a stream strictly
+        # increasing (TCP keeps order; a tie is nudged by 1 ns), also across chunks
+        lat = (self._st_latency[stream] * 1e6).astype(np.int64)
+        jit_ns = int(round(cfg.feed_jitter_ms * 1e6))
+        if jit_ns > 0:
+            lat += rng.integers(0, jit_ns, r)
+        recv = ts + lat
         if r:
+            recv[first] = np.maximum(recv[first], state["last_recv"][stream[first]] + 1)
+            pos = np.arange(r, dtype=np.int64)
+            y = recv - pos
+            lo = int(y.min())
+            span = int(y.max()) - lo + 1
+            y = np.maximum.accumulate((y - lo) + stream * span) - stream * span + lo
+            recv = y + pos
             last_idx = np.cumsum(counts) - 1
             has = counts > 0
             state["last_recv"][has] = recv[last_idx[has]]
@@ -405,14 +548,14 @@ class MockMarket:
         b_mid = np.exp(logp[a_idx, gi])
         u_mid = b_mid * fx[gi] * (1.0 + premium[a_idx, gi])
         mid = np.where(is_fx, fx[gi], np.where(is_up, u_mid, b_mid))
-        tick = np.where(is_up, upbit_krw_tick(mid), self._btick[a_idx])
+        tick = np.where(is_up, _upbit_book_tick(mid, cfg.levels), self._btick[a_idx])
         usd_px = np.where(is_fx, 1.0, b_mid)
         depth = np.where(
             is_fx, _FX_DEPTH_USD, self._depth[a_idx] * np.where(is_up, _UPBIT_DEPTH_FACTOR, 1.0)
         )
         lot = np.where(venue == BINANCE, self._blot[a_idx], 0.0)
         bid_off, bid_px, bid_sz, ask_off, ask_px, ask_sz = self._books(
-            rng, mid, tick, usd_px, depth, lot
+            rng, mid, tick, usd_px, depth, lot, first, self._st_hold[stream]
         )
         return BookBatch(
             ts_ns=ts,
@@ -437,8 +580,13 @@ class MockMarket:
         usd_px: np.ndarray,
         depth_usd: np.ndarray,
         lot: np.ndarray,
+        first: np.ndarray,
+        hold_p: np.ndarray,
     ):
-        """Both sides of every row's book, as (offsets, prices, sizes) per side."""
+        """Both sides of every row's book, as (offsets, prices, sizes) per side.
+
+        Rows come grouped by stream in time order; ``first`` marks each stream's first row.
+        """
         cfg = self.cfg
         nl = cfg.levels
         r = mid.shape[0]
@@ -449,6 +597,18 @@ class MockMarket:
         spread = 1.0 + (u >= p1) + (u >= p1 + p2)
         bid0 = np.floor(mid / tick - spread / 2.0)
         ask0 = bid0 + spread
+
+        # thin books, and books whose top repeats the previous book's (only deeper levels
+        # changed): a held row takes the best prices (and tick) of the last row not held
+        thin = rng.random(r) < cfg.thin_book_prob
+        after_thin = np.zeros(r, dtype=bool)
+        after_thin[1:] = thin[:-1]
+        after_thin &= ~first
+        hold = (rng.random(r) < hold_p) & ~first & ~thin & ~after_thin
+        idx = np.arange(r)
+        src = np.maximum.accumulate(np.where(hold, 0, idx))
+        bid0, ask0, tick = bid0[src], ask0[src], tick[src]
+
         # (the arithmetic below runs in place where it can: the same operations in the same
         # order give the same values, without a temporary (2, rows, levels) array per step)
         steps = np.zeros((2, r, nl))
@@ -469,11 +629,30 @@ class MockMarket:
         z *= np.float32(_SIZE_SIGMA)
         z -= np.float32(0.5 * _SIZE_SIGMA**2)
         noise = np.exp(z, out=z)
-        thin = rng.random(r) < cfg.thin_book_prob
         thin_factor = np.where(thin, 1.0 / rng.uniform(30.0, 150.0, r), 1.0)
         coin = depth_usd * thin_factor / usd_px
         sz = noise * lvl_factor[None, None, :]
         sz *= coin[None, :, None]
+
+        # the best level is a queue that trades consume between books: within a run of books
+        # at one best price its size shrinks by a lognormal share per book (unchanged on held
+        # rows); a new run (new best price, a refresh, a thin book) starts from a fresh size
+        step_log = rng.normal(_QUEUE_DRIFT, _QUEUE_SD, (2, r))
+        refresh = rng.random((2, r)) < _QUEUE_REFRESH_P
+        new_px = np.ones((2, r), dtype=bool)
+        new_px[0, 1:] = bid0[1:] != bid0[:-1]
+        new_px[1, 1:] = ask0[1:] != ask0[:-1]
+        start = (new_px | refresh | (first | thin | after_thin)[None, :]) & ~hold[None, :]
+        step_log[start] = 0.0
+        step_log[:, hold] = 0.0
+        cum = np.cumsum(step_log, axis=1)
+        run0 = np.maximum.accumulate(np.where(start, idx[None, :], 0), axis=1)
+        seg = np.take_along_axis(cum, run0, axis=1)
+        np.subtract(cum, seg, out=seg)
+        np.clip(seg, _QUEUE_LOG_LO, _QUEUE_LOG_HI, out=seg)
+        top0 = np.take_along_axis(sz[:, :, 0], run0, axis=1)
+        sz[:, :, 0] = top0 * np.exp(seg)
+
         has_lot = lot > 0
         if has_lot.any():
             # whole lots, at least one, on the rows that have a lot (Binance); computed over
