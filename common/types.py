@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -56,6 +57,8 @@ class Trade:
     signal_bps: float = 0.0
     #: free text: why this trade (entry direction, exit rule, hedge reason)
     reason: str = ""
+    #: the quantity step both venues accept: fills are whole multiples of it (0: no grid)
+    lot: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,10 @@ class LegFill:
     book_recv_ns: int  # recv_ns of the book filled against (-1: no valid book)
     #: USD per unit of this venue's quote at arrival: 1 for USDT, 1 / (KRW-USDT mid) for KRW
     usd_per_quote: float = 1.0
+    #: ts_ns (venue time) of the book filled against: the latest with ts_ns <= arrival (-1: none)
+    book_ts_ns: int = -1
+    #: the lot both quantities are whole multiples of (0: no grid)
+    lot: float = 0.0
 
     @property
     def notional_usd(self) -> float:
@@ -93,10 +100,15 @@ class LegFill:
         return self.fee * self.vwap_price * self.usd_per_quote
 
     @property
-    def cash_flow_usd(self) -> float:
-        """Quote received (sell) or paid (buy) in USD, net of a quote-currency fee."""
+    def quote_flow(self) -> float:
+        """Quote received (sell) or paid (buy) in the venue's quote currency, net of a quote fee."""
         quote_fee = self.fee if self.fee_asset in ("KRW", "USDT") else 0.0
-        return (-self.side * self.filled_qty * self.vwap_price - quote_fee) * self.usd_per_quote
+        return -self.side * self.filled_qty * self.vwap_price - quote_fee
+
+    @property
+    def cash_flow_usd(self) -> float:
+        """``quote_flow`` in USD at this fill's own FX."""
+        return self.quote_flow * self.usd_per_quote
 
     @property
     def coin_delta(self) -> float:
@@ -106,7 +118,12 @@ class LegFill:
 
     @property
     def fill_ratio(self) -> float:
-        return self.filled_qty / self.requested_qty if self.requested_qty > 0 else 0.0
+        """Filled over requested; on a lot grid, exactly the ratio of the whole lot counts."""
+        if not self.requested_qty > 0:
+            return 0.0
+        if self.lot > 0:
+            return round(self.filled_qty / self.lot) / round(self.requested_qty / self.lot)
+        return self.filled_qty / self.requested_qty
 
     @property
     def slippage_bps(self) -> float:
@@ -166,6 +183,15 @@ def classify_result(legs: list[LegFill]) -> str:
     if all(leg.filled_qty <= 0 for leg in legs):
         return RESULT_FAILED
     return RESULT_PARTIAL
+
+
+def floor_lot(qty: float, lot: float) -> float:
+    """Round a quantity down to a whole number of lots (robust to float noise): the one place
+    quantities are put on a venue's lot grid."""
+    if not qty > 0 or not lot > 0:
+        return 0.0
+    n = math.floor(qty / lot + 1e-9)
+    return round(n * lot, 12)
 
 
 def make_trade_id(symbol: str, leg_kind: str, seq: int) -> str:

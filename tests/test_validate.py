@@ -87,6 +87,7 @@ def test_reason_table():
         "unsorted",
         "crossed",
         "out_of_order",
+        "straggler",
     )
 
 
@@ -484,3 +485,22 @@ def test_matches_reference_in_any_batching(rows, cuts, pad):
     # the static rules alone agree with the full codes wherever those are not out_of_order
     static = static_reasons(mk(rows)).tolist()
     assert [s for s, g in zip(static, got, strict=True) if g != 7] == [g for g in got if g != 7]
+
+
+# -- stragglers: books received later than the feed-latency bound after their venue time -------
+
+
+def test_straggler_is_counted_and_does_not_advance_its_stream():
+    v = BookValidator(straggler_ns=100)
+    rows = [book(ts=1000, recv=1050), book(ts=1010, recv=1111), book(ts=1020, recv=1120),
+            book(ts=1005, recv=1130, venue=BINANCE), book(ts=1200, recv=1190)]
+    # 1111 - 1010 = 101 > 100: a straggler; 1120 - 1020 = 100 is within the bound; a book whose
+    # venue time is after its receive time (clock skew) is fine
+    assert codes_of(rows, v) == ["ok", "straggler", "ok", "straggler", "ok"]
+    # the straggler's ts never became the stream's floor: a later book with a smaller ts than it
+    # is judged against the accepted ones only
+    assert codes_of([book(ts=1200, recv=1250)], v) == ["ok"]
+
+
+def test_no_bound_means_no_straggler():
+    assert codes_of([book(ts=0, recv=10**12)]) == ["ok"]

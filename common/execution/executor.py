@@ -1,15 +1,22 @@
 """The PaperExecutor: one per symbol, fills each leg against that venue's L2 book at arrival.
 
-It keeps the symbol's two L2 books (the current batch's rows plus the last book carried from
-before it) and the FX book, so a leg that arrives at ``decision_ts + latency`` meets the latest
-valid book of its venue received at or before its arrival, never a later one. Liquidity a fill
-took from a book is remembered until a newer book of that venue arrives.
+Two clocks: a book's ``recv_ns`` (when the trader saw it; decisions run on it) and its
+``ts_ns`` (the venue's time of that state). A leg sent at ``decision_ts`` reaches the venue at
+``arrival = decision_ts + order latency`` and meets the venue's book as of that moment: the
+latest valid book of that venue with ``ts_ns <= arrival``, which the trader may not have
+received yet. The executor keeps the symbol's two L2 books and the FX book by venue time (the
+current batch's rows plus copies of the earlier books a leg may still meet). A leg can be filled
+once every book with ``ts_ns <= arrival`` is in: the coordinator collects it only when the engine
+clock passed ``arrival`` + the feed-latency bound (later books are stragglers, rejected by the
+validator). Liquidity a fill took from a book is remembered until a newer book of that venue
+arrives. Filled quantities are whole lots (``Trade.lot``): a fill below one lot is no fill.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,62 +74,105 @@ class LatencyModel:
         self._rng.bit_generator.state = state
 
 
-#: what a venue or the FX book has in a batch without its rows: no rows / times, no FX mids
-#: (shared, never written to)
+#: what a venue or the FX book has in a batch without its rows (shared, never written to)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
-_NO_FX = np.zeros(0, dtype=np.float64)
+_KEY_SHIFT = 1 << 32
 
 
 class _VenueBook:
-    """One venue's books for one symbol: the current batch's rows and the last earlier book."""
+    """One venue's books of one symbol (or the FX book), searchable by venue time ``ts_ns``.
 
-    __slots__ = ("carry", "carry_key", "batch", "rows", "recv", "serial", "consumed_key",
+    The current batch's rows are held by reference; books of earlier batches that a leg may
+    still meet are kept as copies (``old``), so a snapshot never needs more than the current
+    batch. Which earlier books are kept: the latest one with ``ts_ns`` at or before the
+    ``keep_from`` time passed to ``replace`` and every later one; nothing that arrives at or
+    after ``keep_from`` can meet an older book.
+    """
+
+    __slots__ = ("batch", "rows", "ts", "recv", "serial", "old", "old_ts", "consumed_key",
                  "consumed_bid", "consumed_ask")
 
     def __init__(self) -> None:
-        self.carry: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None = None
-        self.carry_key = -1
         self.batch: BookBatch | None = None
-        self.rows = np.zeros(0, dtype=np.int64)
-        self.recv = np.zeros(0, dtype=np.int64)
+        self.rows = _NO_ROWS
+        self.ts = _NO_ROWS
+        self.recv = _NO_ROWS
         self.serial = 0
+        #: copied earlier books, ts ascending: (key, ts_ns, recv_ns, bid_px, bid_sz, ask_px, ask_sz)
+        self.old: list[tuple] = []
+        self.old_ts: list[int] = []
         self.consumed_key = -1
         self.consumed_bid = 0.0
         self.consumed_ask = 0.0
 
-    def replace(self, batch: BookBatch, rows: np.ndarray, serial: int) -> None:
+    def replace(self, batch: BookBatch, rows: np.ndarray, serial: int, keep_from: int) -> None:
+        """Make ``rows`` of ``batch`` the current books, keeping the earlier books a leg
+        arriving at or after ``keep_from`` (venue time) may still meet."""
         if self.rows.size:
-            last = int(self.rows[-1])
-            bpx, bsz = self.batch.levels(last, True)
-            apx, asz = self.batch.levels(last, False)
-            self.carry = (bpx.copy(), bsz.copy(), apx.copy(), asz.copy(), int(self.recv[-1]))
-            self.carry_key = self.serial * (1 << 32) + last
+            k = int(np.searchsorted(self.ts, keep_from, side="right")) - 1
+            if k >= 0:
+                self.old, self.old_ts = [], []  # a current book supersedes every older one
+            for j in range(max(k, 0), self.rows.size):
+                row = int(self.rows[j])
+                bpx, bsz = self.batch.levels(row, True)
+                apx, asz = self.batch.levels(row, False)
+                self.old.append((self.serial * _KEY_SHIFT + row, int(self.ts[j]),
+                                 int(self.recv[j]), bpx.copy(), bsz.copy(), apx.copy(),
+                                 asz.copy()))
+                self.old_ts.append(int(self.ts[j]))
+        if len(self.old) > 1:
+            k = bisect_right(self.old_ts, keep_from) - 1
+            if k > 0:
+                del self.old[:k], self.old_ts[:k]
         self.batch, self.rows, self.serial = batch, rows, serial
-        self.recv = batch.recv_ns[rows] if rows.size else _NO_ROWS
+        if rows.size:
+            self.ts, self.recv = batch.ts_ns[rows], batch.recv_ns[rows]
+        else:
+            self.ts = self.recv = _NO_ROWS
 
     def at(self, arrival_ns: int):
-        """(key, recv_ns, bid_px, bid_sz, ask_px, ask_sz) of the latest book at or before arrival."""
-        k = int(np.searchsorted(self.recv, arrival_ns, side="right")) - 1
+        """(key, ts_ns, recv_ns, bid_px, bid_sz, ask_px, ask_sz) of the latest book with
+        ``ts_ns <= arrival_ns``, or None if there is none."""
+        k = int(np.searchsorted(self.ts, arrival_ns, side="right")) - 1
         if k >= 0:
             row = int(self.rows[k])
             bpx, bsz = self.batch.levels(row, True)
             apx, asz = self.batch.levels(row, False)
-            return self.serial * (1 << 32) + row, int(self.recv[k]), bpx, bsz, apx, asz
-        if self.carry is not None and self.carry[4] <= arrival_ns:
-            bpx, bsz, apx, asz, recv = self.carry
-            return self.carry_key, recv, bpx, bsz, apx, asz
-        return None
+            return (self.serial * _KEY_SHIFT + row, int(self.ts[k]), int(self.recv[k]),
+                    bpx, bsz, apx, asz)
+        k = bisect_right(self.old_ts, arrival_ns) - 1
+        return self.old[k] if k >= 0 else None
+
+    def mid_at(self, arrival_ns: int) -> float:
+        """Mid of the latest book with ``ts_ns <= arrival_ns`` (nan if none)."""
+        k = int(np.searchsorted(self.ts, arrival_ns, side="right")) - 1
+        if k >= 0:
+            b = self.batch
+            row = int(self.rows[k])
+            return float(b.bid_px[b.bid_off[row]] + b.ask_px[b.ask_off[row]]) * 0.5
+        k = bisect_right(self.old_ts, arrival_ns) - 1
+        if k < 0:
+            return math.nan
+        book = self.old[k]
+        return float(book[3][0] + book[5][0]) * 0.5
+
+    @property
+    def holds_rows(self) -> bool:
+        return bool(self.rows.size)
 
     def get_state(self) -> dict:
-        return {"carry": self.carry, "carry_key": self.carry_key, "rows": self.rows,
-                "serial": self.serial,
+        return {"old": list(self.old), "rows": self.rows, "serial": self.serial,
                 "consumed": (self.consumed_key, self.consumed_bid, self.consumed_ask)}
 
     def set_state(self, state: dict, batch: BookBatch | None) -> None:
-        self.carry, self.carry_key = state["carry"], state["carry_key"]
+        self.old = list(state["old"])
+        self.old_ts = [b[1] for b in self.old]
         self.serial, self.rows = state["serial"], state["rows"]
         self.batch = batch
-        self.recv = batch.recv_ns[self.rows] if batch is not None else np.zeros(0, dtype=np.int64)
+        if batch is not None and self.rows.size:
+            self.ts, self.recv = batch.ts_ns[self.rows], batch.recv_ns[self.rows]
+        else:
+            self.ts = self.recv = _NO_ROWS
         self.consumed_key, self.consumed_bid, self.consumed_ask = state["consumed"]
 
 
@@ -151,9 +201,7 @@ class PaperExecutor:
         self.risk_guard = risk_guard
         self.fill_model = create_fill_model(fill_model_config, symbol_seed(seed, symbol, "fill"))
         self._books = (_VenueBook(), _VenueBook())
-        self._fx_t = np.zeros(0, dtype=np.int64)
-        self._fx_mid = np.zeros(0)
-        self._fx_carry: tuple[int, float] = (-1, math.nan)
+        self._fx = _VenueBook()  # the KRW-USDT book: USD per KRW at a leg's arrival
         self._serial = 0
         #: submitted trades not complete yet: {"trade", "buy", "sell"}, a leg _WAITING until filled
         self._pending: list[dict] = []
@@ -182,39 +230,44 @@ class PaperExecutor:
                      fx_rows: np.ndarray) -> None:
         """``ingest`` with the rows already split: this symbol's Upbit rows, its Binance rows
         and the FX book's (Upbit) rows, each ascending (both engines split a batch for all
-        executors at once: ``common.engine.build.executor_rows``)."""
+        executors at once: ``common.engine.build.executor_rows``).
+
+        Books are kept by venue time: a leg arriving at ``arrival`` later meets the latest book
+        with ``ts_ns <= arrival``, which may be one of this batch or of an earlier one (every
+        earlier book a pending or future leg can meet is kept)."""
         if not (up.size or bn.size or fx_rows.size or self._pending) and self._quiet:
-            # nothing new and nothing to fill: the books seen so far are already carried; only
+            # nothing new and nothing to fill: the books seen so far are already kept; only
             # the batch (none of whose rows are held) is the current one, as after any ingest
-            self._books[UPBIT].batch = self._books[BINANCE].batch = batch
+            self._books[UPBIT].batch = self._books[BINANCE].batch = self._fx.batch = batch
             self.watermark_ns = max(self.watermark_ns, watermark_ns)
             return
-        self._fill_pending(watermark_ns - 1)
+        # future legs arrive after the watermark; pending ones at their own arrival
+        keep = [watermark_ns, watermark_ns, watermark_ns]
+        for p in self._pending:
+            t = p["trade"]
+            if p["buy"] == _WAITING:
+                v = VENUE_CODES[t.buy_exchange]
+                keep[v] = min(keep[v], t.buy_arrival_ns)
+                keep[2] = min(keep[2], t.buy_arrival_ns)
+            if p["sell"] == _WAITING:
+                v = VENUE_CODES[t.sell_exchange]
+                keep[v] = min(keep[v], t.sell_arrival_ns)
+                keep[2] = min(keep[2], t.sell_arrival_ns)
         self._serial += 1
-        self._books[UPBIT].replace(batch, up, self._serial)
-        self._books[BINANCE].replace(batch, bn, self._serial)
-        if self._fx_t.size:
-            self._fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
-        if fx_rows.size:
-            self._fx_t = batch.recv_ns[fx_rows]
-            # valid rows are never empty, so each row's first level is its best price
-            self._fx_mid = (batch.bid_px[batch.bid_off[fx_rows]]
-                            + batch.ask_px[batch.ask_off[fx_rows]]) * 0.5
-        else:
-            self._fx_t, self._fx_mid = _NO_ROWS, _NO_FX
+        self._books[UPBIT].replace(batch, up, self._serial, keep[UPBIT])
+        self._books[BINANCE].replace(batch, bn, self._serial, keep[BINANCE])
+        self._fx.replace(batch, fx_rows, self._serial, keep[2])
         self.watermark_ns = max(self.watermark_ns, watermark_ns)
 
     @property
     def _quiet(self) -> bool:
-        """No rows of the last batch held: every book seen is in the carries."""
-        return not (self._books[UPBIT].rows.size or self._books[BINANCE].rows.size
-                    or self._fx_t.size)
+        """No rows of the last batch held: every book seen is among the kept copies."""
+        return not (self._books[UPBIT].holds_rows or self._books[BINANCE].holds_rows
+                    or self._fx.holds_rows)
 
     def fx_mid_at(self, t_ns: int) -> float:
-        k = int(np.searchsorted(self._fx_t, t_ns, side="right")) - 1
-        if k >= 0:
-            return float(self._fx_mid[k])
-        return self._fx_carry[1] if self._fx_carry[0] <= t_ns else math.nan
+        """KRW per USDT: the mid of the latest FX book with venue time at or before ``t_ns``."""
+        return self._fx.mid_at(t_ns)
 
     # -- trades --------------------------------------------------------------------------------
     def submit(self, trades: list[Trade]) -> None:
@@ -285,15 +338,16 @@ class PaperExecutor:
         qty = trade.quantity
         if found is None:
             return LegFill(VENUE_NAMES[venue], int(side), qty, 0.0, 0.0, decision_px, math.nan,
-                           limit, 0.0, _quote_of(venue), arrival, -1, usd_per_quote)
-        key, recv, bpx, bsz, apx, asz = found
+                           limit, 0.0, _quote_of(venue), arrival, -1, usd_per_quote, -1,
+                           trade.lot)
+        key, ts, recv, bpx, bsz, apx, asz = found
         if book.consumed_key != key:
             book.consumed_key, book.consumed_bid, book.consumed_ask = key, 0.0, 0.0
         if side == Side.BUY:
             px, sz, consumed = apx, asz, book.consumed_ask
         else:
             px, sz, consumed = bpx, bsz, book.consumed_bid
-        out = self.fill_model.fill(int(side), qty, limit, px, sz, consumed)
+        out = self.fill_model.fill(int(side), qty, limit, px, sz, consumed, trade.lot)
         if side == Side.BUY:
             book.consumed_ask += out.consumed_qty
         else:
@@ -305,16 +359,18 @@ class PaperExecutor:
         else:
             fee, fee_asset = 0.0, _quote_of(venue)
         return LegFill(VENUE_NAMES[venue], int(side), qty, out.filled_qty, out.vwap_price,
-                       decision_px, best, limit, fee, fee_asset, arrival, recv, usd_per_quote)
+                       decision_px, best, limit, fee, fee_asset, arrival, recv, usd_per_quote,
+                       ts, trade.lot)
 
     # -- snapshots -----------------------------------------------------------------------------
     def get_state(self) -> dict:
         """Everything needed to continue exactly: the current batch's rows (pending legs may still
-        need them), the carried books, consumed liquidity, the fill model's RNG, pending trades."""
+        need them), the kept earlier books, consumed liquidity, the fill model's RNG, pending
+        trades."""
         return {
             "batch": self._books[UPBIT].batch,
             "books": [b.get_state() for b in self._books],
-            "fx": (self._fx_t, self._fx_mid, self._fx_carry),
+            "fx": self._fx.get_state(),
             "fill_model": self.fill_model.get_state(),
             "pending": [dict(p) for p in self._pending],
             "done": list(self._done),
@@ -325,7 +381,7 @@ class PaperExecutor:
     def set_state(self, state: dict) -> None:
         for b, s in zip(self._books, state["books"], strict=True):
             b.set_state(s, state["batch"])
-        self._fx_t, self._fx_mid, self._fx_carry = state["fx"]
+        self._fx.set_state(state["fx"], state["batch"])
         self.fill_model.set_state(state["fill_model"])
         self._pending = [dict(p) for p in state["pending"]]
         self._done = list(state["done"])

@@ -61,6 +61,11 @@ ask / sell above the bid). ``consumed_qty`` is the visible quantity taken (never
 the top level's size is unknown (not finite or <= 0) the book walk falls back to the simple
 model's rule above.
 
+Lots: every model takes the order's ``lot`` (0: no grid). The quantity ordered is already a
+whole number of lots; a partial fill is rounded down to whole lots *before* it is priced (the
+book walk prices exactly the lots that fit, from the best level on, with the same hidden draw),
+so a fill below one lot is no fill and no float residue ever counts as a partial fill.
+
 The VWAP is clamped into [px[0], limit] (mirrored for sells) to remove float rounding of a few
 ulps; mathematically it already lies there. The level walk is a plain loop over Python floats that
 stops at the level that completes the order: measured against a numpy cumsum/searchsorted version
@@ -75,6 +80,8 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+
+from common.types import floor_lot
 
 #: The fill model kinds ``FillModelConfig.kind`` accepts.
 FILL_MODEL_KINDS = ("simple", "book_walk")
@@ -136,6 +143,7 @@ class FillModel(Protocol):
         px: np.ndarray,
         sz: np.ndarray,
         consumed: float,
+        lot: float = 0.0,
     ) -> FillOutcome: ...
 
     def get_state(self) -> dict: ...
@@ -177,6 +185,7 @@ def _simple_fill(
     best: float,
     top: float,
     consumed: float,
+    lot: float = 0.0,
 ) -> FillOutcome:
     """The seed's model on a valid order (qty, limit, best already checked)."""
     if _positive(top):
@@ -199,6 +208,11 @@ def _simple_fill(
                 q = q_lim
             if q <= 0:
                 return _NOTHING
+        if lot > 0.0 and q < qty:
+            q = floor_lot(q, lot)
+            if q <= 0:
+                return _NOTHING
+        if alpha > 0:
             price = _clamp(s, best * (1.0 + s * alpha * q / avail), best, limit)
         return FillOutcome(q, price, q if q < visible else visible)
     # partial fills off: the whole order fills, its price capped at the limit (or at the best price
@@ -235,7 +249,7 @@ class NoFillModel(_SeededModel):
 
     kind = "off"
 
-    def fill(self, side, qty, limit_px, px, sz, consumed) -> FillOutcome:
+    def fill(self, side, qty, limit_px, px, sz, consumed, lot=0.0) -> FillOutcome:
         _sign(side)
         if not _positive(qty) or len(px) == 0:
             return _NOTHING
@@ -250,7 +264,7 @@ class SimpleFillModel(_SeededModel):
 
     kind = "simple"
 
-    def fill(self, side, qty, limit_px, px, sz, consumed) -> FillOutcome:
+    def fill(self, side, qty, limit_px, px, sz, consumed, lot=0.0) -> FillOutcome:
         s = _sign(side)
         if not _positive(qty) or not _positive(limit_px) or len(px) == 0:
             return _NOTHING
@@ -258,7 +272,8 @@ class SimpleFillModel(_SeededModel):
         if not _positive(best):
             return _NOTHING
         top = float(sz[0]) if len(sz) else math.nan
-        return _simple_fill(self.config, s, float(qty), float(limit_px), best, top, float(consumed))
+        return _simple_fill(self.config, s, float(qty), float(limit_px), best, top, float(consumed),
+                            float(lot))
 
 
 class BookWalkFillModel(_SeededModel):
@@ -266,7 +281,7 @@ class BookWalkFillModel(_SeededModel):
 
     kind = "book_walk"
 
-    def fill(self, side, qty, limit_px, px, sz, consumed) -> FillOutcome:
+    def fill(self, side, qty, limit_px, px, sz, consumed, lot=0.0) -> FillOutcome:
         s = _sign(side)
         if not _positive(qty) or not _positive(limit_px) or len(px) == 0:
             return _NOTHING
@@ -281,7 +296,7 @@ class BookWalkFillModel(_SeededModel):
             return _NOTHING
         cfg = self.config
         if not _positive(zl[0]):
-            return _simple_fill(cfg, s, qty, limit, best, zl[0], float(consumed))
+            return _simple_fill(cfg, s, qty, limit, best, zl[0], float(consumed), float(lot))
 
         skip = float(consumed) if consumed > 0 else 0.0
         slimit = s * limit
@@ -323,6 +338,7 @@ class BookWalkFillModel(_SeededModel):
         alpha = cfg.slippage_alpha
         ratio = cfg.hidden_depth_ratio
         hidden = 0.0
+        cost_visible = cost
         if not full and not blocked and taken > 0.0 and ratio > 0.0:
             # Every visible unit left was within the limit and is taken: V = taken.
             depth = taken
@@ -349,6 +365,22 @@ class BookWalkFillModel(_SeededModel):
         if cfg.partial_enable:
             if filled <= 0.0:
                 return _NOTHING
+            if lot > 0.0 and not full:
+                # only whole lots fill: price exactly the lots that fit, from the best level on
+                q = floor_lot(filled, lot)
+                if q <= 0.0:
+                    return _NOTHING
+                if q < filled:
+                    if q <= taken:
+                        cost, taken = _walk_cost(pl, zl, float(consumed), q)
+                    else:
+                        h = q - taken
+                        depth = taken
+                        ak = alpha * HIDDEN_IMPACT_K
+                        e = cfg.impact_exponent
+                        cost = cost_visible + last_taken * (
+                            h + s * ak * depth / (e + 1.0) * (h / depth) ** (e + 1.0))
+                    filled = q
             vwap = _clamp(s, cost / filled, best, limit) if cfg.slippage_enable else best
             return FillOutcome(filled, vwap, taken)
 
@@ -364,6 +396,29 @@ class BookWalkFillModel(_SeededModel):
                 cap = left
             cost += excess * cap
         return FillOutcome(qty, _clamp(s, cost / qty, best, cap), taken)
+
+
+def _walk_cost(pl: list, zl: list, consumed: float, q: float) -> tuple[float, float]:
+    """(cost, q) of taking ``q`` from the visible levels after ``consumed`` (q known to fit)."""
+    skip = consumed if consumed > 0 else 0.0
+    need = q
+    cost = 0.0
+    for p, z in zip(pl, zl, strict=True):
+        if not _positive(p):
+            break
+        if not _positive(z):
+            continue
+        if skip > 0.0:
+            if skip >= z:
+                skip -= z
+                continue
+            z -= skip
+            skip = 0.0
+        if z >= need:
+            return cost + need * p, q
+        cost += z * p
+        need -= z
+    return cost, q - need
 
 
 def create_fill_model(cfg: FillModelConfig, seed: int) -> FillModel:

@@ -3,6 +3,11 @@
 Reason codes index ``REJECT_REASONS``; when several rules apply to a row the first one in that
 tuple wins. ``BookValidator`` carries state across batches (the highest ``recv_ns`` seen and the
 last accepted ``ts_ns`` per (venue, symbol) stream) so that batch boundaries never change a result.
+
+A *straggler* is a book received more than the feed-latency bound after its venue time
+(``recv_ns - ts_ns > straggler_ns``). Fills are matched by venue time, and a leg settles once
+the engine clock is past its arrival plus that bound; a book that could still turn up after
+that would make a fill depend on when it was computed, so it is counted and never used.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "unsorted",
     "crossed",
     "out_of_order",
+    "straggler",
 )
 REASON_CODE: dict[str, int] = {name: i for i, name in enumerate(REJECT_REASONS)}
 OK = 0
@@ -31,6 +37,7 @@ NON_POSITIVE = 4
 UNSORTED = 5
 CROSSED = 6
 OUT_OF_ORDER = 7
+STRAGGLER = 8
 
 _I64_MIN = np.iinfo(np.int64).min
 _N_VENUES = len(VENUE_NAMES)
@@ -126,7 +133,9 @@ def static_reasons(batch: BookBatch) -> np.ndarray:
 class BookValidator:
     """Validates batches in stream order; stateful across batches (see ``get_state``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, straggler_ns: int | None = None) -> None:
+        #: books received more than this after their venue time are stragglers (None: no bound)
+        self.straggler_ns = straggler_ns
         self._max_recv = _I64_MIN
         self._seen_any = False
         #: last accepted ts_ns per stream, at ``symbol id * venues + venue`` of the symbol table
@@ -150,6 +159,8 @@ class BookValidator:
             np.maximum.accumulate(recv[:-1], out=prev_max[1:])
             np.maximum(prev_max[1:], self._max_recv, out=prev_max[1:])
         late = recv < prev_max
+        if self.straggler_ns is not None:
+            codes[(codes == OK) & ~late & (recv - ts > self.straggler_ns)] = STRAGGLER
 
         cand = np.flatnonzero((codes == OK) & ~late)
         accepted = np.zeros(n, dtype=bool)

@@ -23,6 +23,7 @@ _LEG_FIELDS = [
     ("exchange", _S), ("price", _F), ("limit", _F), ("filled_qty", _F), ("vwap", _F),
     ("fill_ratio", _F), ("slippage_bps", _F), ("latency_cost_bps", _F), ("fee", _F),
     ("fee_asset", _S), ("usd_per_quote", _F), ("arrival_ns", _I), ("book_recv_ns", _I),
+    ("book_ts_ns", _I),
 ]
 
 #: The one schema definition: JSONL keys, Parquet columns and ``TradeLogEntry`` fields.
@@ -76,6 +77,7 @@ def build_row(res: ExecutionResult, session_id: str, **extra) -> dict:
             f"{prefix}_latency_cost_bps": leg.latency_cost_bps, f"{prefix}_fee": leg.fee,
             f"{prefix}_fee_asset": leg.fee_asset, f"{prefix}_usd_per_quote": leg.usd_per_quote,
             f"{prefix}_arrival_ns": leg.arrival_ns, f"{prefix}_book_recv_ns": leg.book_recv_ns,
+            f"{prefix}_book_ts_ns": leg.book_ts_ns,
         })
     row.update({"trade_result": res.trade_result, "decision_ts_ns": t.decision_ts_ns,
                 "fill_ts_ns": res.fill_ts_ns, "signal_bps": t.signal_bps, "reason": t.reason,

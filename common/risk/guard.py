@@ -7,6 +7,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from common.portfolio.state import PortfolioState
+from common.types import floor_lot
+
+__all__ = ["LegNeed", "RiskDecision", "RiskGuard", "RiskLimits", "derived_lot", "floor_lot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +39,6 @@ class RiskDecision:
     quantity: float  # 0.0 when refused
     refusal: str | None  # reason when refused
     clips: tuple[str, ...]  # reasons the quantity was cut
-
-
-def floor_lot(qty: float, lot: float) -> float:
-    """Round a quantity down to a whole number of lots (robust to float noise)."""
-    if qty <= 0 or lot <= 0:
-        return 0.0
-    n = math.floor(qty / lot + 1e-9)
-    return round(n * lot, 12)
 
 
 def derived_lot(price_usd: float, lot_value_usd: float, step: float | None = None) -> float:
