@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-duration-seconds", type=_positive_float("--run-duration-seconds"),
                    help="event-time length (default: one hour of mock, the whole replay)")
     p.add_argument("--seed", type=_int("--seed"), help="RNG seed (default from settings)")
+    p.add_argument("--volatility", type=_positive_float("--volatility"),
+                   help="mock market activity (MOCK_VOLATILITY): 1 calibrated, 4-5 a busy market")
     p.add_argument("--speed", type=_positive_float("--speed"),
                    help="pace replay/mock at X event-seconds per wall second")
     p.add_argument("--realtime", action="store_true", help="same as --speed 1")
@@ -89,11 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     from common.marketdata.replay import DataSourceError
     from common.settings import Settings, SettingsError
 
-    overrides = {"topn_size": args.topn_size, "seed": args.seed, "symbols": args.symbols}
+    overrides = {"topn_size": args.topn_size, "seed": args.seed, "symbols": args.symbols,
+                 "mock_volatility": args.volatility}
     try:
         settings = Settings.from_env(overrides={k: v for k, v in overrides.items() if v is not None})
     except SettingsError as e:
         return _fail(str(e))
+    if args.volatility is not None and args.data_source != "mock":
+        return _fail("--volatility: only the mock market has a volatility knob")
     if args.record_path and args.data_source != "real":
         return _fail("--record-path: recording needs --data-source real")
     speed = 1.0 if args.realtime else args.speed

@@ -29,9 +29,11 @@ from actors.symbol import FeedPart, SymbolActor
 from actors.view import LiveView
 from common.engine.build import (
     MarketSource,
+    depth_cost,
     executor_rows,
     fee_schedule,
     fill_model_config,
+    straggler_ns,
     validate_batch,
 )
 from common.engine.report import build_report, write_kpi
@@ -370,7 +372,8 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
         opts.on_started(dict(handles))
 
     view = LiveView(source.duration_s, live=opts.monitoring, enabled=opts.progress)
-    validator = BookValidator()
+    validator = BookValidator(straggler_ns(settings))
+    depth = depth_cost(settings)
     inflight: deque = deque()
     # live books come a row or two at a time: pipelining them only queues them (measured: p50
     # tick-to-fill 115 ms with one batch in flight, 230-300 ms with four)
@@ -415,7 +418,7 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
             driver_calls += 1
             tick = time.perf_counter()
             continue
-        vb = validate_batch(validator, batch, pre_rejected)
+        vb = validate_batch(validator, batch, pre_rejected, depth)
         view.start(vb.top.start_ns)
         t2 = time.perf_counter()
         # one object for every symbol actor (each reads its rows from shared memory); wrapped in

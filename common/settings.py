@@ -333,6 +333,19 @@ class Settings(BaseSettings):
     latency_jitter_ms: float = Field(10.0, ge=0, description="uniform jitter added per leg")
     max_slippage_bps: float = Field(15.0, ge=0, description="IOC limit distance from best price")
     settle_ms: int = Field(250, ge=1, description="balance settlement chunk")
+    upbit_feed_latency_ms: float = Field(
+        30.0, ge=0, description="mock: Upbit venue time -> receive time (feed latency)")
+    binance_feed_latency_ms: float = Field(
+        15.0, ge=0, description="mock: Binance venue time -> receive time (feed latency)")
+    feed_latency_jitter_ms: float = Field(
+        10.0, ge=0, description="mock: seeded jitter added to each book's feed latency")
+    feed_latency_bound_ms: float = Field(
+        1000.0, gt=0, description="a book received later than this after its venue time is a "
+        "straggler (counted, not used); fills wait this long for the venue's books")
+
+    # --- mock market -------------------------------------------------------------------------
+    mock_volatility: float = Field(
+        1.0, gt=0, description="mock market activity: 1 = calibrated, higher = busier market")
 
     # --- fees and inventory -----------------------------------------------------------------
     upbit_fee_bps: float = Field(5.0, ge=0, description="Upbit KRW taker fee")
@@ -348,7 +361,15 @@ class Settings(BaseSettings):
     ewma_halflife_s: float = Field(600.0, gt=0, description="half-life of the premium level")
     warmup_s: float = Field(120.0, ge=0, description="history needed before the first entry")
     entry_margin_bps: float = Field(5.0, ge=0, description="edge required over round-trip costs")
-    expected_slippage_bps: float = Field(2.0, ge=0, description="per-leg slippage in the cost")
+    expected_slippage_bps: float = Field(
+        2.0, ge=0, description="per-leg slippage of a book side whose depth is unknown")
+    level_drift_prior: float = Field(
+        0.3, ge=0, le=1, description="prior share of the entry deviation the level gives back "
+        "over a hold (learnt from closed round trips)")
+    latency_cost_prior_bps: float = Field(
+        0.5, ge=0, description="prior latency cost per leg (learnt from settled legs)")
+    cost_prior_weight: float = Field(
+        10.0, gt=0, description="how many observations each cost-model prior is worth")
     exit_band_bps: float = Field(5.0, ge=0, description="exit within this band of the level")
     stop_loss_bps: float = Field(80.0, gt=0, description="exit when moved this far against")
     max_holding_s: float = Field(1800.0, gt=0, description="exit after holding this long")

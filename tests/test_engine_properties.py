@@ -144,7 +144,8 @@ def test_same_seed_repeats_exactly_and_another_seed_differs(tmp_path, hour):
 
 def _write_mock_replay(path: Path, seconds: float, seed: int = 3, symbols=("BTC", "ETH", "XRP",
                                                                            "SOL", "DOGE")):
-    market = MockMarket(MockConfig(seed=seed, symbols=symbols))
+    # a busy market: enough trades before and after the cut of the look-ahead test
+    market = MockMarket(MockConfig(seed=seed, symbols=symbols, volatility=3.0))
     write_replay(path, market.batches(seconds, batch_rows=50_000))
     return path
 
@@ -193,8 +194,10 @@ def test_no_look_ahead(replay_file, tmp_path):
     rep_a, rows_a = run_replay(replay_file, tmp_path, "orig")
     rep_b, rows_b = run_replay(alt_path, tmp_path, "alt")
     s = Settings.from_env()
+    # a leg fills against books with venue time <= its arrival, which can be received up to the
+    # feed-latency bound later: only those decided before cut - latency - bound - settle are safe
     horizon = cut - int((max(s.upbit_latency_ms, s.binance_latency_ms) + s.latency_jitter_ms
-                         + s.settle_ms) * 1e6)
+                         + s.feed_latency_bound_ms + s.settle_ms) * 1e6)
     before_a = [r for r in rows_a if r["decision_ts_ns"] < horizon]
     before_b = [r for r in rows_b if r["decision_ts_ns"] < horizon]
     assert len(before_a) > 5
@@ -226,7 +229,8 @@ def test_real_recorded_books_replay(tmp_path):
     # zero fees and margins: two minutes of one real market is little opportunity
     rep, rows = run_replay(path, tmp_path, "real", warmup_s=5.0, ewma_halflife_s=10.0,
                            entry_margin_bps=0, expected_slippage_bps=0, exit_band_bps=0,
-                           upbit_fee_bps=0, binance_fee_bps=0)
+                           upbit_fee_bps=0, binance_fee_bps=0, level_drift_prior=0,
+                           latency_cost_prior_bps=0)
     assert rep["events_processed"] == 1082 and rep["events_rejected"] == 0
     assert rep["symbols"] == ["BAT"]
     assert rep["trades_executed"] == len(rows) >= 2

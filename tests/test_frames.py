@@ -26,15 +26,28 @@ def reference_frame(top, mine, carry, fx_t, fx_mid, cfg, cand_prev):
     """One symbol at a time, the straightforward way (as-of by running counts)."""
     venue = top.venue[mine]
     t = np.concatenate(([carry.t], top.recv_ns[mine]))
-    out = {"t": t}
-    for v, cb, ca in ((UPBIT, carry.u_bid, carry.u_ask), (BINANCE, carry.b_bid, carry.b_ask)):
+    out = {"t": t, "venue": np.concatenate(([-1], venue)).astype(np.int8)}
+    # the last event of every run of equal times (the carry counts as its own run)
+    tie_last = np.ones(t.shape[0], dtype=bool)
+    for j in range(1, t.shape[0] - 1):
+        tie_last[j] = t[j + 1] != t[j]
+    out["tie_last"] = tie_last
+    for v, cb, ca, j in ((UPBIT, carry.u_bid, carry.u_ask, 0),
+                         (BINANCE, carry.b_bid, carry.b_ask, 2)):
         is_v = venue == v
         rows = mine[is_v]
         vb = np.concatenate(([cb], top.bid[rows]))
         va = np.concatenate(([ca], top.ask[rows]))
+        sb = np.concatenate(([carry.slips[j]], top.slip_bid[rows]))
+        sa = np.concatenate(([carry.slips[j + 1]], top.slip_ask[rows]))
         k = np.concatenate(([0], np.cumsum(is_v)))
         key = "u" if v == UPBIT else "b"
         out[f"{key}_bid"], out[f"{key}_ask"] = vb[k], va[k]
+        out[f"{key}_sbid"], out[f"{key}_sask"] = sb[k], sa[k]
+    slip_rt = np.zeros(t.shape[0])
+    for name in ("u_sbid", "u_sask", "b_sbid", "b_sask"):
+        slip_rt += np.where(np.isfinite(out[name]), out[name], cfg.expected_slippage_bps)
+    out["slip_rt"] = slip_rt
     k = np.searchsorted(fx_t, t, side="right") - 1
     fx = np.where(k >= 0, fx_mid[np.maximum(k, 0)], np.nan)
     fx[0] = carry.fx
@@ -48,11 +61,12 @@ def reference_frame(top, mine, carry, fx_t, fx_mid, cfg, cand_prev):
     warm_from = (ewma.first_t + int(cfg.warmup_s * 1e9) if ewma.first_t >= 0
                  else np.iinfo(np.int64).max)
     out["warm"] = (t >= warm_from) & np.isfinite(out["level"])
-    thr = cfg.entry_threshold
+    thr = cfg.candidate_threshold
     out["dev_sell_u"] = out["p_sell_u"] - out["level"]
     out["dev_buy_u"] = out["level"] - out["p_buy_u"]
     with np.errstate(invalid="ignore"):
-        cand = out["warm"] & ((out["dev_sell_u"] > thr) | (out["dev_buy_u"] > thr))
+        best = np.fmax(out["dev_sell_u"], out["dev_buy_u"])
+        cand = out["warm"] & tie_last & (best - slip_rt / 1e4 > thr)
     cand[0] = cand_prev
     out["cand"] = cand
     idx = np.flatnonzero(cand)
@@ -64,7 +78,9 @@ def reference_frame(top, mine, carry, fx_t, fx_mid, cfg, cand_prev):
     no_fx = int((np.isfinite(out["u_bid"][1:]) & np.isfinite(out["b_bid"][1:])
                  & ~np.isfinite(fx[1:])).sum())
     carry_out = CarryState(int(t[-1]), float(out["u_bid"][-1]), float(out["u_ask"][-1]),
-                           float(out["b_bid"][-1]), float(out["b_ask"][-1]), float(fx[-1]), ewma)
+                           float(out["b_bid"][-1]), float(out["b_ask"][-1]), float(fx[-1]), ewma,
+                           tuple(float(out[n][-1]) for n in ("u_sbid", "u_sask", "b_sbid",
+                                                              "b_sask")))
     return out, carry_out, no_fx
 
 
@@ -76,6 +92,9 @@ def same_state(a, b) -> bool:
         if hasattr(x, "__slots__"):
             if not same_state(x, y):
                 return False
+        elif isinstance(x, tuple):
+            if not np.array_equal(np.array(x), np.array(y), equal_nan=True):
+                return False
         elif not (x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))):
             return False
     return True
@@ -85,6 +104,9 @@ def random_stream(rng, n_sym, rows, t0, step_ns, nan_share=0.02):
     sym = rng.integers(0, n_sym + 1, rows)  # 0 = FX
     venue = np.where(sym == FX, UPBIT, rng.integers(0, 2, rows)).astype(np.int8)
     recv = t0 + np.cumsum(rng.integers(1, step_ns, rows))
+    # every tenth book shares its receive time with the one before (ties, as in real feeds)
+    recv[1:][rng.random(rows - 1) < 0.1] = 0
+    recv = np.maximum.accumulate(recv)
     base = np.where(sym == FX, 1400.0, np.where(venue == UPBIT, 1400.0 * 1.02 * 10, 10.0))
     mid = base * np.exp(rng.normal(0, 0.004, rows))
     bid, ask = mid * (1 - 1e-4), mid * (1 + 1e-4)
@@ -93,10 +115,15 @@ def random_stream(rng, n_sym, rows, t0, step_ns, nan_share=0.02):
     return recv, venue, sym.astype(np.int32), bid, ask
 
 
-def top_batch(recv, venue, sym, bid, ask):
+def top_batch(recv, venue, sym, bid, ask, rng=None):
     order = np.argsort(sym, kind="stable")
     start = np.searchsorted(sym[order], np.arange(int(sym.max(initial=0)) + 2))
-    return TopBatch(recv, venue, sym, bid, ask, int(recv[0]), int(recv[-1]), order, start)
+    slips = (None, None)
+    if rng is not None:  # expected slippage per side, some unknown (nan: the fallback applies)
+        slips = tuple(np.where(rng.random(recv.shape[0]) < 0.05, np.nan,
+                               rng.exponential(3.0, recv.shape[0])) for _ in range(2))
+    return TopBatch(recv, venue, sym, bid, ask, int(recv[0]), int(recv[-1]), order, start,
+                    slip_bid=slips[0], slip_ask=slips[1])
 
 
 @pytest.mark.parametrize("halflife,rows_per_batch,step_ns", [
@@ -127,7 +154,7 @@ def test_build_frames_equals_per_symbol_computation(halflife, rows_per_batch, st
     checked = crossed = segments = 0
     for lo in range(0, recv.shape[0], rows_per_batch):
         sl = slice(lo, lo + rows_per_batch)
-        top = top_batch(recv[sl], venue[sl], sym[sl], bid[sl], ask[sl])
+        top = top_batch(recv[sl], venue[sl], sym[sl], bid[sl], ask[sl], rng)
         fx_t, fx_mid = fx_series(top, FX, *fx_carry)
         syms = list(carries)
         frames, no_fx = build_frames(top, [top.rows_of(s) for s in syms],

@@ -2,8 +2,10 @@
 
 Books: Binance mid 100 USDT (spread 0.02), Upbit mid = 100 * 1400 * (1 + premium) KRW with a
 1 bps half spread, FX mid 1400 KRW/USDT. Latency 30 ms (Upbit) / 120 ms (Binance), no jitter,
-settlement every 250 ms. The premium level barely moves (half-life 1e6 s), so the level is the
-first premium seen (2 %). Entry threshold: fees 2*(5+10) + slippage 4*2 + band 5 + margin 5 = 48 bps.
+settlement every 250 ms (after the 1 s feed-latency bound). The premium level barely moves
+(half-life 1e6 s), so the level is the first premium seen (2 %). Entries need the cost model's
+predicted net edge (deviation less fees 30 bps, the books' slippage, the latency prior 4 * 0.5 bps,
+the level-drift prior 0.3 * deviation and the exit-band prior 5 bps) above the 5 bps margin.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def test_round_trip_pnl_by_hand_with_coin_fee_and_fx():
     # the 0.03 BTC imbalance is bought back on upbit (where the position is short) at settlement
     assert hedge["reason"] == "leg_imbalance" and hedge["buy_exchange"] == "upbit"
     assert hedge["quantity"] == pytest.approx(0.03) and hedge["sell_exchange"] is None
-    assert hedge["decision_ts_ns"] == T0 + round(30.5 * S)  # binance leg arrives 30.32 -> chunk 30.5
+    # the binance leg arrives at 30.32; every book with venue time <= 30.32 is in once the
+    # clock passed 30.32 + the 1 s feed-latency bound: it settles at the end of chunk 31.5
+    assert hedge["decision_ts_ns"] == T0 + round(31.5 * S)
     # the exit trades what is held: 29.97 on both venues, when the premium is back at the level
     assert exit_["reason"] == "band" and exit_["quantity"] == pytest.approx(29.97)
     assert exit_["buy_vwap"] == pytest.approx(142814.28) and exit_["sell_vwap"] == pytest.approx(99.99)

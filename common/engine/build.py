@@ -16,6 +16,7 @@ from common.engine.coordinator import CoordinatorConfig
 from common.execution.executor import LatencyConfig
 from common.fill.models import FillModelConfig
 from common.marketdata.batch import BookBatch, SymbolTable
+from common.marketdata.depth import DepthCost
 from common.marketdata.mock import MOCK_UNIVERSE, MockConfig, MockMarket, mock_universe_topn
 from common.marketdata.record import read_topn_events, recorded_symbols
 from common.marketdata.replay import DataSourceError, ReplaySource, scan_symbols
@@ -23,6 +24,7 @@ from common.marketdata.validate import BookValidator, count_reasons
 from common.portfolio.state import FeeSchedule
 from common.risk.guard import RiskLimits
 from common.settings import Settings
+from common.strategy.costs import CostModelConfig
 from common.strategy.signals import StrategyConfig, TopBatch
 from common.types import UPBIT
 
@@ -56,6 +58,12 @@ def coordinator_config(s: Settings, lot_steps: dict[str, float] | None = None) -
             exit_band_bps=s.exit_band_bps, stop_loss_bps=s.stop_loss_bps,
             max_holding_s=s.max_holding_s, trade_notional_usd=s.trade_notional_usd,
         ),
+        costs=CostModelConfig(
+            upbit_fee_bps=s.upbit_fee_bps, binance_fee_bps=s.binance_fee_bps,
+            entry_margin_bps=s.entry_margin_bps, drift_ratio_prior=s.level_drift_prior,
+            exit_deviation_prior_bps=s.exit_band_bps,
+            latency_cost_prior_bps=s.latency_cost_prior_bps, prior_weight=s.cost_prior_weight,
+        ),
         limits=RiskLimits(
             max_notional_per_trade_usd=s.max_notional_per_trade_usd,
             max_exposure_per_symbol_usd=s.max_exposure_per_symbol_usd,
@@ -69,7 +77,19 @@ def coordinator_config(s: Settings, lot_steps: dict[str, float] | None = None) -
         initial_krw=s.initial_krw, initial_usdt=s.initial_usdt,
         initial_coin_usd=s.initial_coin_usd, lot_sizes=dict(s.lot_sizes),
         lot_steps=dict(lot_steps or {}), lot_value_usd=s.lot_value_usd, seed=s.seed,
+        feed_latency_bound_ms=s.feed_latency_bound_ms,
     )
+
+
+def straggler_ns(s: Settings) -> int:
+    """The feed-latency bound in ns: a book received later than this after its venue time is a
+    straggler (counted, never used), and a leg settles once the clock passed arrival + this."""
+    return int(round(s.feed_latency_bound_ms * 1e6))
+
+
+def depth_cost(s: Settings) -> DepthCost:
+    """The entry rule's slippage estimate: one trade's notional taken from each book side."""
+    return DepthCost(s.trade_notional_usd, s.max_slippage_bps)
 
 
 def new_run_id() -> str:
@@ -140,7 +160,10 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
             raise DataSourceError(f"SYMBOLS: the mock market has no {', '.join(unknown)} "
                                   f"(it knows {', '.join(sorted(MOCK_UNIVERSE))})")
         symbols = [x for x in symbols if x not in s.symbol_deny][: s.topn_size]
-        market = MockMarket(MockConfig(seed=s.seed, symbols=tuple(symbols)))
+        market = MockMarket(MockConfig(
+            seed=s.seed, symbols=tuple(symbols), upbit_feed_latency_ms=s.upbit_feed_latency_ms,
+            binance_feed_latency_ms=s.binance_feed_latency_ms,
+            feed_jitter_ms=s.feed_latency_jitter_ms, volatility=s.mock_volatility))
         seconds = DEFAULT_MOCK_SECONDS if duration_s is None else duration_s
         gen = ((b, {}) for b in market.batches(seconds, batch_rows=s.batch_rows))
         return MarketSource("mock", symbols, market.symtab, gen,
@@ -248,8 +271,9 @@ def executor_rows(vb: ValidatedBatch, symbol_ids: dict[str, int], fx_id: int
 
 
 def validate_batch(validator: BookValidator, batch: BookBatch,
-                   pre_rejected: dict[str, int]) -> ValidatedBatch:
-    """Validate every book once; the coordinator's light stream is the valid rows' top of book."""
+                   pre_rejected: dict[str, int], depth: DepthCost | None = None) -> ValidatedBatch:
+    """Validate every book once; the coordinator's light stream is the valid rows' top of book,
+    with each book side's expected slippage for one trade (``depth``; None: unknown)."""
     codes = validator.validate(batch)
     valid = np.flatnonzero(codes == 0)
     rejected = count_reasons(codes)
@@ -263,9 +287,10 @@ def validate_batch(validator: BookValidator, batch: BookBatch,
     # symbol ids are small: a 16-bit stable sort is a radix sort, linear in the rows
     order = np.argsort(sym.astype(np.int16) if n_sym < 32768 else sym, kind="stable")
     start = np.searchsorted(sym[order], np.arange(n_sym + 1))
+    slip_bid, slip_ask = depth.slippage(batch, valid) if depth is not None else (None, None)
     top = TopBatch(recv_ns=batch.recv_ns[valid], venue=batch.venue[valid], sym=sym,
                    bid=bid, ask=ask,
                    start_ns=int(batch.recv_ns[0]) if n else -1,
                    end_ns=int(batch.recv_ns.max()) if n else -1,
-                   sym_order=order, sym_start=start)
+                   sym_order=order, sym_start=start, slip_bid=slip_bid, slip_ask=slip_ask)
     return ValidatedBatch(batch, valid, top, n + sum(pre_rejected.values()), rejected)

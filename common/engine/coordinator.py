@@ -26,6 +26,7 @@ from common.portfolio.state import FeeSchedule, PortfolioState
 from common.reporting.kpi import KpiAccumulator
 from common.reporting.trade_log import build_row
 from common.risk.guard import LegNeed, RiskGuard, RiskLimits, derived_lot, floor_lot
+from common.strategy.costs import CostModel, CostModelConfig, EdgeEstimate
 from common.strategy.signals import (
     CarryState,
     StrategyConfig,
@@ -48,6 +49,10 @@ from common.types import (
 )
 
 FLAT, OPEN = "flat", "open"
+
+
+def _finite_or_zero(x: float) -> float:
+    return float(x) if math.isfinite(x) else 0.0
 # heap event kinds, in the order they run at equal times: settlements, TopN membership changes,
 # equity marks, then decisions
 _SETTLE, _UNIVERSE, _MARK, _DECIDE = 0, 1, 2, 3
@@ -64,6 +69,7 @@ class ExecutionPort(Protocol):
 @dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
     strategy: StrategyConfig = StrategyConfig()
+    costs: CostModelConfig = CostModelConfig()
     limits: RiskLimits = RiskLimits()
     latency: LatencyConfig = LatencyConfig()
     fees: FeeSchedule = FeeSchedule()
@@ -80,6 +86,9 @@ class CoordinatorConfig:
     seed: int = 7
     mark_interval_s: float = 60.0
     max_hedge_attempts: int = 3
+    #: a leg settles once the clock passed its arrival + this: every book with venue time at or
+    #: before the arrival has been received by then (later ones are rejected as stragglers)
+    feed_latency_bound_ms: float = 1000.0
 
 
 @dataclass(slots=True)
@@ -89,6 +98,11 @@ class RoundTrip:
     start_mark_usd: float
     cash_usd: float = 0.0
     notional_usd: float = 0.0
+    #: what the entry rule predicted, and the level and deviation at entry and at the last exit
+    predicted: EdgeEstimate | None = None
+    level_entry: float = math.nan
+    level_exit: float = math.nan
+    exit_deviation_bps: float = math.nan
 
 
 @dataclass(slots=True)
@@ -102,6 +116,7 @@ class SymbolState:
     funded: bool = False
     status: str = FLAT
     direction: int = 0  # +1: sold upbit / bought binance; -1: the reverse
+    direction_closed: int = 0  # the direction of the round trip that closed last
     entry_premium: float = math.nan
     entry_ns: int = 0
     delta: list = field(default_factory=lambda: [0.0, 0.0])  # strategy coin position per venue
@@ -113,11 +128,15 @@ class SymbolState:
     reservations: list = field(default_factory=list)  # (venue, asset, amount)
     settle_at: int = -1
     hedge_attempts: int = 0
+    hedge_wait: int = -1  # a hedge retry waits for a book of this venue received after hedge_after
+    hedge_after: int = 0
     rearm: bool = False  # after a refusal, wait for a fresh crossing before trying again
     active: bool = True  # in TopN: may enter; out of it the symbol only exits until flat
     drained: bool = False  # out of TopN and flat: no executor needed any more
     cursor: int = 0  # last processed index into this batch's frame
     pnl_sampled: float = 0.0
+    krw_flow: float = 0.0  # KRW moved by this symbol's fills (fees included)
+    krw_flow_usd: float = 0.0  # the same flows, each at its own fill's FX
     wall_at_decision: dict = field(default_factory=dict)
     idle_frame: SymbolFrame | None = None  # reused while the symbol has no new events
 
@@ -136,6 +155,8 @@ class CoordinatorCore:
         self.portfolio.fund("upbit", "KRW", cfg.initial_krw)
         self.portfolio.fund("binance", "USDT", cfg.initial_usdt)
         self.risk = RiskGuard(cfg.limits)
+        self.costs = CostModel(cfg.costs)
+        self.declined_by_cost = 0
         self.symbols = {
             s: SymbolState(s, symbol_ids[s], LatencyModel(cfg.latency, cfg.seed, s)) for s in symbols
         }
@@ -146,6 +167,11 @@ class CoordinatorCore:
         self.clock_ns: int = -1
         self._slip = cfg.max_slippage_bps / 1e4
         self._settle_ns = int(cfg.settle_ms * 1_000_000)
+        self._bound_ns = int(round(cfg.feed_latency_bound_ms * 1e6))
+        #: running totals for the risk checks: every symbol's cash flows, and the symbols that
+        #: hold a coin position (only those need a mark)
+        self._cash_total = 0.0
+        self._positioned: set[str] = set()
         self._frames: dict[str, SymbolFrame] = {}
         self._fx_t = np.zeros(1, dtype=np.int64)
         self._fx_mid = np.full(1, np.nan)
@@ -271,7 +297,7 @@ class CoordinatorCore:
                     self._push_next(heap, st)
             elif was:
                 logger.info("{} left TopN: exit-only until flat", st.name)
-                if not st.pending and st.status == FLAT:
+                if not st.pending and st.status == FLAT and st.hedge_wait < 0:
                     self._drain(st)
 
     def _drain(self, st: SymbolState) -> None:
@@ -300,48 +326,90 @@ class CoordinatorCore:
         return self.rows_out
 
     def report_part(self) -> dict:
-        """The coordinator's share of the KPI report: marks, balances, refusals, inventory."""
+        """The coordinator's share of the KPI report: marks, balances, refusals, and the account
+        at start and end with its exact decomposition (``account``)."""
         open_mark = 0.0
         for st in self.symbols.values():
             frame = self._frames.get(st.name)
             if frame is not None:
-                open_mark += self._mark_symbol(st, frame, frame.asof(self.clock_ns))
+                open_mark += self._mark_symbol(st, frame, frame.asof(self.clock_ns), self.clock_ns)
         balances: dict[str, dict[str, dict[str, float]]] = {}
         for venue, asset in sorted(set(self.portfolio.balances) | set(self.portfolio.initial)):
             balances.setdefault(venue, {})[asset] = {
                 "initial": self.portfolio.initial.get((venue, asset), 0.0),
                 "final": self.portfolio.balance(venue, asset),
             }
+        acct = self.account()
         return {
             "open_mark_usd": open_mark,
             "open_round_trips": sum(1 for st in self.symbols.values() if st.rt is not None),
-            "inventory_mtm_usd": self.inventory_mtm_usd(),
+            "inventory_mtm_usd": acct["inventory_mtm_usd"],
+            "fx_translation_usd": acct["fx_translation_usd"],
+            "account_value_start_usd": acct["account_value_start_usd"],
+            "account_value_end_usd": acct["account_value_end_usd"],
+            "account_per_symbol": acct["per_symbol"],
             "refusals": dict(sorted(self.risk.refusals.items())),
+            "entries_declined_by_cost": self.declined_by_cost,
+            "cost_model": self.costs.report(),
             "clips": dict(sorted(self.risk.clips.items())),
             "balances": balances,
             "symbols": list(self.symbols),
         }
 
-    def inventory_mtm_usd(self) -> float:
-        """Revaluation of the pre-funded inventory (initial balances) from first to last prices."""
-        total = 0.0
-        for (venue, asset), qty in self.portfolio.initial.items():
-            if asset == "USDT":
-                continue
-            if asset == "KRW":
-                fx_last = self.fx_carry[1]
-                if math.isfinite(self.fx_first) and math.isfinite(fx_last):
-                    total += qty * (1.0 / fx_last - 1.0 / self.fx_first)
-                continue
-            st = self.symbols.get(asset)
-            p0 = self.initial_price_usd.get((venue, asset))
-            if st is None or p0 is None:
-                continue
-            c = st.carry
-            p1 = (c.u_bid + c.u_ask) * 0.5 / c.fx if venue == "upbit" else (c.b_bid + c.b_ask) * 0.5
-            if math.isfinite(p1):
-                total += qty * (p1 - p0)
-        return total
+    def account(self) -> dict:
+        """The account's value at start and at end, every balance of every venue and asset at
+        mids, and its exact decomposition
+
+            end - start = trading PnL + FX translation + inventory revaluation
+
+        * start: KRW at the first KRW-USDT mid, USDT at 1, each coin inventory at the mid of
+          its venue's first valid book (when it was funded);
+        * end: the same balances after every fill and fee, at the latest books' mids and KRW
+          at the latest KRW-USDT mid;
+        * trading PnL (``total_pnl_usd``): every fill's cash flow at its own FX plus the open
+          position at executable prices, fees included;
+        * FX translation: the initial KRW and every fill's KRW flow revalued from the FX they
+          entered at to the latest FX;
+        * inventory revaluation (``inventory_mtm_usd``): the pre-funded coins from their first
+          to their latest mid, plus the open position's mid less its executable mark.
+        """
+        t = self.clock_ns
+        fx0, fx1 = self.fx_first, self._fx_at(t)
+        if not (math.isfinite(fx0) and math.isfinite(fx1)):
+            fx0 = fx1 = math.inf  # no FX ever seen: KRW cannot be valued (and nothing traded)
+        pf = self.portfolio
+        k0, k1 = pf.initial.get(("upbit", "KRW"), 0.0), pf.balance("upbit", "KRW")
+        u0, u1 = pf.initial.get(("binance", "USDT"), 0.0), pf.balance("binance", "USDT")
+        start = k0 / fx0 + u0
+        end = k1 / fx1 + u1
+        fx_translation = k0 * (1.0 / fx1 - 1.0 / fx0)
+        inventory = 0.0
+        per_symbol = {}
+        for name in sorted(self.symbols):
+            st = self.symbols[name]
+            frame = self._frames.get(name)
+            fx_sym = st.krw_flow / fx1 - st.krw_flow_usd
+            inv_sym = 0.0
+            mark = 0.0
+            if frame is not None and st.funded:
+                i = frame.asof(t)
+                mids = (_finite_or_zero((frame.u_bid[i] + frame.u_ask[i]) * 0.5 / fx1),
+                        _finite_or_zero((frame.b_bid[i] + frame.b_ask[i]) * 0.5))
+                mark = self._mark_symbol(st, frame, i, t)
+                for v, venue in ((UPBIT, "upbit"), (BINANCE, "binance")):
+                    b0 = pf.initial.get((venue, name), 0.0)
+                    p0 = self.initial_price_usd.get((venue, name), 0.0)
+                    start += b0 * p0
+                    end += pf.balance(venue, name) * mids[v]
+                    inv_sym += b0 * (mids[v] - p0)
+                inv_sym += st.delta[UPBIT] * mids[UPBIT] + st.delta[BINANCE] * mids[BINANCE] - mark
+            fx_translation += fx_sym
+            inventory += inv_sym
+            per_symbol[name] = {"trading_pnl_usd": st.cash_usd + mark,
+                                "fx_translation_usd": fx_sym, "inventory_mtm_usd": inv_sym}
+        return {"account_value_start_usd": start, "account_value_end_usd": end,
+                "fx_translation_usd": fx_translation, "inventory_mtm_usd": inventory,
+                "per_symbol": per_symbol}
 
     def _fund_if_ready(self, st: SymbolState, frame: SymbolFrame) -> None:
         """Pre-fund the coin inventory at the first moment both books and FX are known."""
@@ -366,6 +434,17 @@ class CoordinatorCore:
         """Push the symbol's next decision point in this batch after its cursor, if any."""
         frame = self._frames[st.name]
         if not st.funded:
+            return
+        if st.hedge_wait >= 0:
+            # the next book of the hedge venue received after the failed attempt settled
+            lo = st.cursor + 1
+            with np.errstate(invalid="ignore"):
+                ok = ((frame.venue[lo:] == st.hedge_wait) & (frame.t[lo:] > st.hedge_after)
+                      & frame.tie_last[lo:])
+            k = np.flatnonzero(ok)
+            if k.size:
+                i = lo + int(k[0])
+                heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
             return
         if st.status == FLAT:
             if not st.active:
@@ -396,6 +475,7 @@ class CoordinatorCore:
                 x = frame.p_sell_u[lo:]
                 hit = (frame.level[lo:] - x <= band) | (st.entry_premium - x >= stop)
         hit |= frame.t[lo:] >= st.entry_ns + int(s.max_holding_s * 1e9)
+        hit &= frame.tie_last[lo:]
         k = np.flatnonzero(hit)
         return lo + int(k[0]) if k.size else -1
 
@@ -404,6 +484,18 @@ class CoordinatorCore:
         frame = self._frames[st.name]
         st.cursor = i
         t = int(frame.t[i])
+        if st.hedge_wait >= 0:
+            st.hedge_wait = -1
+            if not self._decide_hedge(st, t):
+                # the retry cannot go out (refused, or no price): give up hedging; the imbalance
+                # keeps the symbol open, so exits unwind it later
+                st.hedge_attempts = self.cfg.max_hedge_attempts
+                self._settle_status(st, t)
+            if not st.pending:
+                self._push_next(heap, st)
+            elif st.settle_at <= self._end_ns:
+                heapq.heappush(heap, (st.settle_at, _SETTLE, -1, st.name))
+            return
         if st.status == FLAT and not st.active:
             # it left TopN after this decision point was queued: no entry, only the drain
             self._drain(st)
@@ -420,6 +512,11 @@ class CoordinatorCore:
     def _decide_entry(self, st: SymbolState, frame: SymbolFrame, i: int, t: int) -> None:
         dsell, dbuy = float(frame.dev_sell_u[i]), float(frame.dev_buy_u[i])
         direction = 1 if dsell >= dbuy else -1
+        est = self.costs.estimate((dsell if direction > 0 else dbuy) * 1e4,
+                                  float(frame.slip_rt[i]))
+        if not self.costs.pays(est):
+            self.declined_by_cost += 1
+            return
         b_mid = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
         fee_u = self.cfg.fees.rate(UPBIT)
         if direction > 0:  # buy binance at ask, sell upbit at bid
@@ -432,7 +529,8 @@ class CoordinatorCore:
             qty=self.cfg.strategy.trade_notional_usd / b_mid, price_usd=b_mid, lot=st.lot,
             legs=legs, portfolio=self.portfolio,
             symbol_exposure_usd=self._exposure(st, t),
-            total_exposure_usd=sum(self._exposure(s, t) for s in self.symbols.values()),
+            total_exposure_usd=sum(self._exposure(self.symbols[n], t)
+                                   for n in sorted(self._positioned)),
             open_round_trips=sum(1 for s in self.symbols.values() if s.rt is not None),
             total_pnl_usd=self.total_pnl_usd(t),
         )
@@ -441,7 +539,8 @@ class CoordinatorCore:
             return
         st.rearm = False
         st.rt_seq += 1
-        st.rt = RoundTrip(f"{st.name}-RT-{st.rt_seq}", t, self._mark_symbol(st, frame, i))
+        st.rt = RoundTrip(f"{st.name}-RT-{st.rt_seq}", t, self._mark_symbol(st, frame, i, t),
+                          predicted=est, level_entry=float(frame.level[i]))
         st.direction = direction
         st.entry_premium = float(frame.p_sell_u[i] if direction > 0 else frame.p_buy_u[i])
         st.entry_ns = t
@@ -485,6 +584,8 @@ class CoordinatorCore:
         if decision.refusal is not None:
             return
         dev = (x - float(frame.level[i])) * 1e4 * (1 if st.direction > 0 else -1)
+        if st.rt is not None:
+            st.rt.level_exit, st.rt.exit_deviation_bps = float(frame.level[i]), dev
         self._dispatch(st, frame, i, t, LEG_EXIT, decision.quantity, buy_v, sell_v, dev, reason)
 
     def _decide_hedge(self, st: SymbolState, t: int) -> bool:
@@ -494,12 +595,11 @@ class CoordinatorCore:
             return False
         frame = self._frames[st.name]
         i = frame.asof(t)
+        venue = self._hedge_venue(st)
         if net > 0:  # too many coins: sell where we are longest
-            venue = UPBIT if st.delta[UPBIT] > st.delta[BINANCE] else BINANCE
             buy_v, sell_v = -1, venue
             legs = [LegNeed(VENUE_NAMES[venue], st.name, 1.0)]
         else:  # too few: buy back where we are shortest
-            venue = UPBIT if st.delta[UPBIT] < st.delta[BINANCE] else BINANCE
             buy_v, sell_v = venue, -1
             per = (frame.u_ask[i] * (1 + self._slip) * (1 + self.cfg.fees.rate(UPBIT))
                    if venue == UPBIT else frame.b_ask[i] * (1 + self._slip))
@@ -531,7 +631,7 @@ class CoordinatorCore:
             buy_limit=float(buy_px * (1 + self._slip)) if buy_v >= 0 else math.nan,
             sell_limit=float(sell_px * (1 - self._slip)) if sell_v >= 0 else math.nan,
             decision_ts_ns=t, buy_arrival_ns=buy_arr, sell_arrival_ns=sell_arr,
-            signal_bps=float(signal_bps), reason=reason,
+            signal_bps=float(signal_bps), reason=reason, lot=st.lot,
         )
         # reserve the worst case: limit price plus a quote fee for buys, the coins for sells
         if buy_v == UPBIT:
@@ -540,7 +640,8 @@ class CoordinatorCore:
             self._reserve(st, "binance", "USDT", qty * trade.buy_limit)
         if sell_v >= 0:
             self._reserve(st, VENUE_NAMES[sell_v], st.name, qty)
-        last = max(buy_arr, sell_arr)
+        # every book with venue time <= the last arrival is in once the clock passed it + bound
+        last = max(buy_arr, sell_arr) + self._bound_ns
         st.settle_at = (last // self._settle_ns + 1) * self._settle_ns
         st.pending = [trade]
         st.wall_at_decision[trade.trade_id] = self._wall_recv
@@ -596,7 +697,17 @@ class CoordinatorCore:
             st.delta[v] += leg.coin_delta
             cash += leg.cash_flow_usd
             fees += leg.fee_usd
+            if res.trade.leg_kind != LEG_HEDGE and leg.filled_qty > 0:
+                self.costs.observe_leg(leg.latency_cost_bps)
+            if v == UPBIT and leg.filled_qty > 0:
+                st.krw_flow += leg.quote_flow
+                st.krw_flow_usd += leg.cash_flow_usd
         st.cash_usd += cash
+        self._cash_total += cash
+        if st.delta[UPBIT] or st.delta[BINANCE]:
+            self._positioned.add(st.name)
+        else:
+            self._positioned.discard(st.name)
         if st.rt is not None:
             st.rt.cash_usd += cash
             if res.trade.leg_kind == LEG_ENTRY:
@@ -609,44 +720,96 @@ class CoordinatorCore:
 
     def _after_settle(self, st: SymbolState, t: int) -> float | None:
         """Hedge an imbalance, or move the symbol to OPEN / FLAT. Returns the PnL of a round trip
-        this settlement closed."""
-        if self._decide_hedge(st, t):
-            return None
+        this settlement closed.
+
+        A first hedge goes out at once; a retry (the last hedge left an imbalance) waits for a
+        book of its venue received after this settlement (``_push_next``): every book the last
+        attempt could have met was received by now, so the retry never meets the book it
+        depleted."""
+        if self._imbalance(st) >= st.lot and st.hedge_attempts < self.cfg.max_hedge_attempts:
+            if st.hedge_attempts == 0:
+                if self._decide_hedge(st, t):
+                    return None
+            else:
+                st.hedge_wait, st.hedge_after = self._hedge_venue(st), t
+                return None
+        return self._settle_status(st, t)
+
+    def _settle_status(self, st: SymbolState, t: int) -> float | None:
+        """OPEN while any position (or an imbalance) of a lot or more is held, else FLAT, which
+        closes the round trip; returns its PnL."""
         st.hedge_attempts = 0
-        if abs(st.delta[UPBIT]) >= st.lot or abs(st.delta[BINANCE]) >= st.lot:
+        if (abs(st.delta[UPBIT]) >= st.lot or abs(st.delta[BINANCE]) >= st.lot
+                or self._imbalance(st) >= st.lot):
             st.status = OPEN
             return None
-        st.status, st.direction = FLAT, 0
+        st.status, st.direction_closed, st.direction = FLAT, st.direction, 0
         rt, st.rt = st.rt, None
         if rt is None or rt.notional_usd <= 0:
             return None  # an entry that filled nothing opened no round trip
         frame = self._frames[st.name]
-        pnl = rt.cash_usd + self._mark_symbol(st, frame, frame.asof(t)) - rt.start_mark_usd
+        pnl = rt.cash_usd + self._mark_symbol(st, frame, frame.asof(t), t) - rt.start_mark_usd
         self.kpi.add_round_trip(st.name, pnl, rt.notional_usd, rt.opened_ns, t)
+        if rt.predicted is not None:
+            # every entry's outcome counts in the calibration report, one unwound by hedges
+            # too; only one that exited shows how far the level drifted
+            realised = pnl / (rt.notional_usd / 2.0) * 1e4
+            self.kpi.add_edge(st.name, rt.predicted.deviation_bps, rt.predicted.net_bps, realised)
+            if math.isfinite(rt.exit_deviation_bps):
+                drift = (rt.level_exit - rt.level_entry) * 1e4 * st.direction_closed
+                self.costs.observe_round_trip(rt.predicted.deviation_bps, drift,
+                                              rt.exit_deviation_bps)
         return pnl
 
+    @staticmethod
+    def _imbalance(st: SymbolState) -> float:
+        return abs(st.delta[UPBIT] + st.delta[BINANCE])
+
+    @staticmethod
+    def _hedge_venue(st: SymbolState) -> int:
+        """Where a hedge trades: too many coins are sold where the position is longest, too few
+        bought back where it is shortest."""
+        if st.delta[UPBIT] + st.delta[BINANCE] > 0:
+            return UPBIT if st.delta[UPBIT] > st.delta[BINANCE] else BINANCE
+        return UPBIT if st.delta[UPBIT] < st.delta[BINANCE] else BINANCE
+
     # -- marks, PnL and equity -----------------------------------------------------------------
-    def _mark_symbol(self, st: SymbolState, frame: SymbolFrame, i: int) -> float:
-        """Value of the strategy's coin position at executable prices (bid if long, ask if
-        short), in USD. NaN prices count as zero position value."""
+    def _mark_symbol(self, st: SymbolState, frame: SymbolFrame, i: int, t: int) -> float:
+        """Value at ``t`` of the strategy's coin position at executable prices (bid if long, ask
+        if short) of the books as of event ``i``, in USD, Upbit's at the latest FX as of ``t``.
+        NaN prices count as zero position value."""
         du, db = st.delta
         v = 0.0
         if du:
             px = frame.u_bid[i] if du > 0 else frame.u_ask[i]
-            if np.isfinite(px) and np.isfinite(frame.fx[i]):
-                v += du * px / frame.fx[i]
+            fx = self._fx_at(t)
+            if np.isfinite(px) and np.isfinite(fx):
+                v += du * px / fx
         if db:
             px = frame.b_bid[i] if db > 0 else frame.b_ask[i]
             if np.isfinite(px):
                 v += db * px
         return float(v)
 
+    def _fx_at(self, t: int) -> float:
+        """The latest KRW-USDT mid received at or before ``t`` (nan before the first)."""
+        k = int(np.searchsorted(self._fx_t, t, side="right")) - 1
+        return float(self._fx_mid[k]) if k >= 0 else math.nan
+
     def symbol_pnl_usd(self, st: SymbolState, t: int) -> float:
-        frame = self._frames[st.name]
-        return st.cash_usd + self._mark_symbol(st, frame, frame.asof(t))
+        frame = self._frames.get(st.name)
+        if frame is None:  # no batch reached the symbol yet
+            return st.cash_usd
+        return st.cash_usd + self._mark_symbol(st, frame, frame.asof(t), t)
 
     def total_pnl_usd(self, t: int) -> float:
-        return sum(self.symbol_pnl_usd(st, t) for st in self.symbols.values())
+        """Every symbol's cash flows (a running total) plus the marks of open positions."""
+        total = self._cash_total
+        for name in sorted(self._positioned):
+            st = self.symbols[name]
+            frame = self._frames[name]
+            total += self._mark_symbol(st, frame, frame.asof(t), t)
+        return total
 
     def _exposure(self, st: SymbolState, t: int) -> float:
         """USD size of the symbol's open position (the larger venue leg) at mid as of ``t``."""

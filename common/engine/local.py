@@ -11,9 +11,11 @@ from loguru import logger
 from common.engine.build import (
     MarketSource,
     coordinator_config,
+    depth_cost,
     executor_rows,
     fee_schedule,
     fill_model_config,
+    straggler_ns,
     validate_batch,
 )
 from common.engine.coordinator import CoordinatorCore
@@ -73,7 +75,8 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     coord = CoordinatorCore(coordinator_config(settings, source.lot_steps), source.symbols,
                             symbol_ids, fx_id, port, kpi, session_id=run_id)
     trade_log = TradeLogger(log_dir, run_id, top_n)
-    validator = BookValidator()
+    validator = BookValidator(straggler_ns(settings))
+    depth = depth_cost(settings)
     bar = ProgressLine(source.duration_s, enabled=progress)
     logger.info("run {}: local engine, {}", run_id, source.description)
     with StopFlag() as stop:
@@ -94,7 +97,7 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
                         kpi.add_events(sum(pre_rejected.values()), pre_rejected)
                     continue
                 wall = time.perf_counter_ns()
-                vb = validate_batch(validator, batch, pre_rejected)
+                vb = validate_batch(validator, batch, pre_rejected, depth)
                 kpi.add_events(vb.rows_in, vb.rejected)
                 port.ingest(vb, symbol_ids, fx_id)
                 rows = coord.process_batch(vb.top, wall)

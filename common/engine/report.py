@@ -9,7 +9,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from common.reporting.kpi import KpiAccumulator
+from common.reporting.kpi import KpiAccumulator, SymbolKpi
 from common.settings import Settings
 
 
@@ -19,7 +19,14 @@ def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id:
     """The KPI JSON: the KPI accumulator's figures, the coordinator's (balances, refusals,
     marks; ``CoordinatorCore.report_part``) and the run's own fields."""
     rep = dict(kpi_report)
+    coord_part = dict(coord_part)
+    per_account = coord_part.pop("account_per_symbol", {})
     rep.update(coord_part)
+    rep["per_symbol"] = {s: dict(p) for s, p in rep.get("per_symbol", {}).items()}
+    for sym, acct in per_account.items():
+        part = rep["per_symbol"].setdefault(sym, SymbolKpi().report())
+        part["fx_translation_usd"] = acct["fx_translation_usd"]
+        part["inventory_mtm_usd"] = acct["inventory_mtm_usd"]
     rep.update({
         "unrealized_pnl_usd": rep["total_pnl_usd"] - rep["realized_pnl_usd"],
         "engine": engine,
@@ -81,7 +88,10 @@ def format_summary(rep: dict) -> str:
                                     f"{_fmt(rep['unrealized_pnl_usd'])} USD"),
         ("fees", _fmt(rep["fees_usd"], " USD")),
         ("max drawdown", _fmt(rep["max_drawdown_usd"], " USD")),
+        ("FX translation (apart)", _fmt(rep["fx_translation_usd"], " USD")),
         ("inventory MTM (apart)", _fmt(rep["inventory_mtm_usd"], " USD")),
+        ("account value start / end", f"{_fmt(rep['account_value_start_usd'])} / "
+                                      f"{_fmt(rep['account_value_end_usd'])} USD"),
         ("avg slippage buy / sell", f"{_fmt(rep['avg_buy_slippage_bps'])} / "
                                     f"{_fmt(rep['avg_sell_slippage_bps'])} bps"),
         ("avg fill ratio buy / sell", f"{_fmt(rep['avg_buy_fill_ratio'])} / "
@@ -93,6 +103,16 @@ def format_summary(rep: dict) -> str:
         ("wall time", _fmt(rep["wall_seconds"], " s")),
         ("trade log", rep["trade_log_path"]),
     ]
+    buckets = rep.get("edge_by_entry_bucket") or {}
+    if buckets:
+        at = next(i for i, (k, _) in enumerate(lines) if k == "risk refusals")
+        extra = [("edge by entry bucket", "entry deviation bps: round trips, predicted / "
+                                          "realised net bps")]
+        for label in sorted(buckets, key=lambda b: float(b.split("-")[0].rstrip("+"))):
+            b = buckets[label]
+            extra.append((f"  {label}", f"{b['round_trips']}: {b['predicted_net_bps']:+.2f} / "
+                                        f"{b['realised_net_bps']:+.2f}"))
+        lines[at:at] = extra
     width = max(len(k) for k, _ in lines)
     bar = "-" * (width + 40)
     body = "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)

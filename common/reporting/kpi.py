@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.strategy.costs import bucket_label
 from common.types import LEG_HEDGE, RESULT_FAILED, RESULT_PARTIAL, ExecutionResult
 
 # fixed log-spaced buckets from 1 microsecond to ~100 s, 20 per decade: exact merge by adding
@@ -86,6 +87,8 @@ class SymbolKpi:
     latency_cost_w: float = 0.0
     round_trips: list = field(default_factory=list)  # (closed_ns, pnl_usd, return)
     equity: list = field(default_factory=list)  # (t_ns, delta_pnl_usd)
+    #: closed round trips' (entry deviation bps, predicted net bps, realised net bps)
+    edges: list = field(default_factory=list)
     tick_to_fill: FixedHistogram = field(default_factory=FixedHistogram)
 
     def merge(self, o: SymbolKpi) -> None:
@@ -99,6 +102,7 @@ class SymbolKpi:
                 d[k] = d.get(k, 0) + v
         self.round_trips = self.round_trips + o.round_trips
         self.equity = self.equity + o.equity
+        self.edges = self.edges + o.edges
         self.tick_to_fill.merge(o.tick_to_fill)
 
     def report(self) -> dict:
@@ -142,7 +146,19 @@ class SymbolKpi:
                                    if len(rets) > 1 and rets.std(ddof=1) > 0 else None),
             "profit_factor": (gross_win / gross_loss if gross_loss > 0 else None),
             "tick_to_fill_ms": self.tick_to_fill.summary(),
+            "edge_by_entry_bucket": _edge_buckets(self.edges),
         }
+
+
+def _edge_buckets(edges: list) -> dict:
+    """Predicted vs realised net edge (bps of one leg's notional) by entry-deviation bucket."""
+    groups: dict[str, list] = {}
+    for dev, pred, real in sorted(edges):
+        groups.setdefault(bucket_label(dev), []).append((pred, real))
+    return {label: {"round_trips": len(v),
+                    "predicted_net_bps": sum(p for p, _ in v) / len(v),
+                    "realised_net_bps": sum(r for _, r in v) / len(v)}
+            for label, v in groups.items()}
 
 
 def _div(a: float, b: float) -> float:
@@ -213,6 +229,10 @@ class KpiAccumulator:
                        closed_ns: int) -> None:
         ret = pnl_usd / notional_usd if notional_usd > 0 else 0.0
         self._sym(symbol).round_trips.append((closed_ns, pnl_usd, ret))
+
+    def add_edge(self, symbol: str, deviation_bps: float, predicted_bps: float,
+                 realised_bps: float) -> None:
+        self._sym(symbol).edges.append((deviation_bps, predicted_bps, realised_bps))
 
     def add_equity(self, symbol: str, t_ns: int, delta_usd: float) -> None:
         self._sym(symbol).equity.append((t_ns, delta_usd))

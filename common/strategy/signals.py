@@ -33,17 +33,12 @@ class StrategyConfig:
     trade_notional_usd: float = 3000.0
 
     @property
-    def entry_threshold(self) -> float:
-        """Required deviation (fraction) for an entry: fees of four legs, expected slippage of four
-        legs, the exit band still to be given back, and the margin. Executable premiums already
-        pay the spreads."""
-        bps = (
-            2 * (self.upbit_fee_bps + self.binance_fee_bps)
-            + 4 * self.expected_slippage_bps
-            + self.exit_band_bps
-            + self.entry_margin_bps
-        )
-        return bps / 1e4
+    def candidate_threshold(self) -> float:
+        """The least net deviation (fraction, after the round trip's expected slippage) that can
+        pay: fees of four legs plus the margin. Only events beyond it are looked at by the entry
+        rule (``common.strategy.costs``), whose other costs (latency, the level's drift, the
+        exit deviation) are never negative, so no entry is missed."""
+        return (2 * (self.upbit_fee_bps + self.binance_fee_bps) + self.entry_margin_bps) / 1e4
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +56,10 @@ class TopBatch:
     #: ascending (a stable sort); computed once, used by the coordinator and the executors
     sym_order: np.ndarray | None = None
     sym_start: np.ndarray | None = None
+    #: expected slippage (bps) of taking one trade's notional from the bids / the asks of each
+    #: row (``common.marketdata.depth``); None: unknown (the fallback per leg applies)
+    slip_bid: np.ndarray | None = None
+    slip_ask: np.ndarray | None = None
 
     def rows_of(self, sym: int) -> np.ndarray:
         if self.sym_order is None:
@@ -99,6 +98,8 @@ class CarryState:
     b_ask: float = math.nan
     fx: float = math.nan
     ewma: EwmaState = EwmaState()
+    #: expected slippage (bps) of the latest books: upbit bids / asks, binance bids / asks
+    slips: tuple[float, float, float, float] = (math.nan, math.nan, math.nan, math.nan)
 
 
 class SymbolFrame:
@@ -143,13 +144,16 @@ class SymbolFrame:
             t=int(f["t"][i]), u_bid=float(f["u_bid"][i]), u_ask=float(f["u_ask"][i]),
             b_bid=float(f["b_bid"][i]), b_ask=float(f["b_ask"][i]), fx=float(f["fx"][i]),
             ewma=self._ewma_out,
+            slips=(float(f["u_sbid"][i]), float(f["u_sask"][i]), float(f["b_sbid"][i]),
+                   float(f["b_sask"][i])),
         )
 
 
 _NEVER = int(np.iinfo(np.int64).max)
 _NO_CUTS = (np.zeros(0, dtype=np.int64), 0, 0, np.zeros(0, dtype=np.int64), 0, 0)
-_FRAME_ARRAYS = ("t", "rows", "u_bid", "u_ask", "b_bid", "b_ask", "fx", "p_mid", "p_sell_u",
-                 "p_buy_u", "level", "warm", "cand", "dev_sell_u", "dev_buy_u")
+_FRAME_ARRAYS = ("t", "rows", "venue", "tie_last", "u_bid", "u_ask", "b_bid", "b_ask", "fx",
+                 "p_mid", "p_sell_u", "p_buy_u", "level", "warm", "cand", "dev_sell_u",
+                 "dev_buy_u", "u_sbid", "u_sask", "b_sbid", "b_sask", "slip_rt")
 
 
 def _frame_view(name: str) -> property:
@@ -200,16 +204,41 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
     ask = np.empty(n)
     bid[ev] = top.bid[rows[ev]]
     ask[ev] = top.ask[rows[ev]]
-    out: dict[str, np.ndarray] = {"t": t, "rows": rows}
+    # books with the same receive time are applied together: only the last event of a tie is
+    # a decision point (the feeds never split a tie across batches)
+    tie_last = np.ones(n, dtype=bool)
+    if n > 1:
+        tie_last[:-1] = (t[1:] != t[:-1]) | is_start[1:]
+        tie_last[lo] = True  # a carried state is not a decision point of this batch
+    out: dict[str, np.ndarray] = {"t": t, "rows": rows, "venue": venue, "tie_last": tie_last}
     carry_books = {"u_bid": [c.u_bid for c in carries], "u_ask": [c.u_ask for c in carries],
                    "b_bid": [c.b_bid for c in carries], "b_ask": [c.b_ask for c in carries]}
-    for v, b_name, a_name in ((UPBIT, "u_bid", "u_ask"), (BINANCE, "b_bid", "b_ask")):
+    sbid = np.full(n, np.nan)
+    sask = np.full(n, np.nan)
+    if top.slip_bid is not None:
+        sbid[ev] = top.slip_bid[rows[ev]]
+        sask[ev] = top.slip_ask[rows[ev]]
+    for v, b_name, a_name, sb_name, sa_name, j in ((UPBIT, "u_bid", "u_ask", "u_sbid", "u_sask", 0),
+                                                   (BINANCE, "b_bid", "b_ask", "b_sbid", "b_sask",
+                                                    2)):
         # as of each event, the venue's last book in the segment (the carry leads every segment)
         vb, va = bid.copy(), ask.copy()
         vb[lo] = carry_books[b_name]
         va[lo] = carry_books[a_name]
         k = _last_marked(is_start | (venue == v))
         out[b_name], out[a_name] = vb[k], va[k]
+        vsb, vsa = sbid.copy(), sask.copy()
+        vsb[lo] = [c.slips[j] for c in carries]
+        vsa[lo] = [c.slips[j + 1] for c in carries]
+        out[sb_name], out[sa_name] = vsb[k], vsa[k]
+    # the round trip's expected slippage: entry and exit together touch all four book sides
+    # (the exit's priced on today's books); an unknown side costs the configured fallback
+    fallback = cfg.expected_slippage_bps
+    slip_rt = np.zeros(n)
+    for name in ("u_sbid", "u_sask", "b_sbid", "b_sask"):
+        x = out[name]
+        slip_rt += np.where(np.isfinite(x), x, fallback)
+    out["slip_rt"] = slip_rt
     # FX as of each event: fx_t/fx_mid already carry the previous batch's last FX at index 0
     k = np.searchsorted(fx_t, t, side="right") - 1
     fx = np.where(k >= 0, fx_mid[np.maximum(k, 0)], np.nan)
@@ -231,11 +260,11 @@ def build_frames(top: TopBatch, mines: list[np.ndarray], carries: list[CarryStat
     warm = (t >= np.repeat(warm_from, sizes)) & np.isfinite(level)
     out["warm"] = warm
     # signals: upbit rich -> sell upbit, buy binance; upbit cheap -> buy upbit, sell binance
-    thr = cfg.entry_threshold
+    thr = cfg.candidate_threshold
     dev_sell_u = p_sell_u - level
     dev_buy_u = level - p_buy_u
     with np.errstate(invalid="ignore"):
-        cand = warm & ((dev_sell_u > thr) | (dev_buy_u > thr))
+        cand = warm & tie_last & (np.fmax(dev_sell_u, dev_buy_u) - slip_rt / 1e4 > thr)
     cand[lo] = cand_prev
     out.update(cand=cand, dev_sell_u=dev_sell_u, dev_buy_u=dev_buy_u)
     # events that had both books but no FX cannot be evaluated: counted, never traded
