@@ -458,6 +458,8 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
     report = build_report(kpi_report, coord_part, settings, run_id, wall_s, closed["jsonl_path"],
                           closed["parquet_path"], engine="ray", data_source=source.kind,
                           interrupted=stop.signal is not None)
+    # the run folder always holds its KPIs; --kpi-output-path writes a copy where asked
+    write_kpi(report, Path(log_dir) / run_id / "kpi.json")
     if kpi_path:
         write_kpi(report, kpi_path)
     calls = {"driver": driver_calls, "to_symbols": cstats["calls_to_symbols"],

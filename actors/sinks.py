@@ -11,8 +11,8 @@ from common.reporting.kpi import KpiAccumulator
 from common.reporting.trade_log import TradeLogger
 
 #: the KpiAccumulator methods CoordinatorCore and the feed call
-KPI_METHODS = ("add_result", "add_round_trip", "add_equity", "add_sim_latency", "add_skipped",
-               "add_events")
+KPI_METHODS = ("add_result", "add_round_trip", "add_edge", "add_equity", "add_sim_latency",
+               "add_skipped", "add_events")
 
 
 @ray.remote

@@ -39,7 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 from loguru import logger  # noqa: E402
 
-from common.engine.build import coordinator_config, validate_batch  # noqa: E402
+from common.engine.build import (  # noqa: E402
+    coordinator_config,
+    depth_cost,
+    straggler_ns,
+    validate_batch,
+)
 from common.engine.coordinator import CoordinatorCore  # noqa: E402
 from common.engine.local import LocalExecution  # noqa: E402
 from common.marketdata.live import LiveConfig, LiveSource  # noqa: E402
@@ -109,7 +114,8 @@ def run_once(symbols: int, rate_hz: float, seconds: float, feed_kind: str = "pro
         kpi = KpiAccumulator()
         coord = CoordinatorCore(coordinator_config(s, src.lot_steps), names, ids,
                                 src.symtab.fx_id, port, kpi, session_id="bench")
-        validator = BookValidator()
+        validator = BookValidator(straggler_ns(s))
+        depth = depth_cost(s)
         feed: list[int] = []
         engine: list[int] = []  # engine time per batch: validate + executors + coordinator
         rows = batches = 0
@@ -123,7 +129,7 @@ def run_once(symbols: int, rate_hz: float, seconds: float, feed_kind: str = "pro
             batches += 1
             port.current = batch
             t_eng = time.perf_counter_ns()
-            vb = validate_batch(validator, batch, pre)
+            vb = validate_batch(validator, batch, pre, depth)
             kpi.add_events(vb.rows_in, vb.rejected)
             port.ingest(vb, ids, src.symtab.fx_id)
             coord.process_batch(vb.top, t_eng)

@@ -22,8 +22,17 @@ def rows_of(report: dict) -> list[dict]:
     return read_trade_log(report["trade_log_path"])
 
 
+def account_gap(rep: dict) -> float:
+    """How far the account identity is from exact, relative to the account's start value:
+    end - start = total PnL + FX translation + inventory revaluation."""
+    gap = (rep["account_value_end_usd"] - rep["account_value_start_usd"] - rep["total_pnl_usd"]
+           - rep["fx_translation_usd"] - rep["inventory_mtm_usd"])
+    return abs(gap) / max(abs(rep["account_value_start_usd"]), 1.0)
+
+
 def assert_same_run(a: dict, b: dict) -> None:
-    """Identical trade rows and KPIs but the exempt fields."""
+    """Identical trade rows and KPIs but the exempt fields; both accounts add up exactly."""
+    assert account_gap(a) < 1e-9 and account_gap(b) < 1e-9
     ka, kb = stable(a), stable(b)
     assert sorted(ka) == sorted(kb)
     diff = [k for k in ka if ka[k] != kb[k]]

@@ -25,6 +25,7 @@ from common.settings import Settings
 from common.strategy.costs import CostModel, CostModelConfig
 from common.types import Trade, floor_lot
 from tests.books import T0, S, book, fx, premium_rows, run_rows, to_batch
+from tests.ray_helpers import account_gap
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "exchange-recordings"
 
@@ -202,12 +203,6 @@ def test_no_partial_fill_counts_float_residue():
 # -- 4. the account adds up exactly -------------------------------------------------------------
 
 
-def _identity_gap(rep: dict) -> float:
-    gap = (rep["account_value_end_usd"] - rep["account_value_start_usd"] - rep["total_pnl_usd"]
-           - rep["fx_translation_usd"] - rep["inventory_mtm_usd"])
-    return abs(gap) / rep["account_value_start_usd"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_account_identity_on_many_mock_seeds(seed, tmp_path):
@@ -215,7 +210,7 @@ def test_account_identity_on_many_mock_seeds(seed, tmp_path):
     source = open_source("mock", s, None, 900)
     rep = run_local(s, source, f"seed{seed}", tmp_path, None, s.topn_size, progress=False)
     assert rep["trades_executed"] > 20
-    assert _identity_gap(rep) < 1e-9
+    assert account_gap(rep) < 1e-9
     # per symbol: the parts add up to the run's figures (the initial KRW's translation is the
     # run's own, not a symbol's)
     per = rep["per_symbol"].values()
@@ -227,14 +222,14 @@ def test_account_identity_on_many_mock_seeds(seed, tmp_path):
 
 def test_account_identity_on_replays(busy_replay, tmp_path):
     rep, _ = _run_replay(busy_replay, tmp_path, "ident")
-    assert _identity_gap(rep) < 1e-9
+    assert account_gap(rep) < 1e-9
     real = SHARED / "real_books.parquet"
     if real.exists():
         rep2, rows2 = _run_replay(real, tmp_path, "real", warmup_s=5.0, ewma_halflife_s=10.0,
                                   entry_margin_bps=0, exit_band_bps=0, upbit_fee_bps=0,
                                   binance_fee_bps=0, level_drift_prior=0,
                                   latency_cost_prior_bps=0)
-        assert rows2 and _identity_gap(rep2) < 1e-9
+        assert rows2 and account_gap(rep2) < 1e-9
 
 
 # -- 5. a failed hedge never retries on the book it depleted --------------------------------------
@@ -280,6 +275,9 @@ def test_cost_model_learns_from_what_it_observes():
     for _ in range(200):
         m.observe_round_trip(60.0, 24.0, -3.0)  # the level gave back 40 %, overshoot at exit
         m.observe_leg(2.0)
+    # observations wait for the next fold (a mark): until then the priors hold
+    assert m.drift_ratio == pytest.approx(0.3) and m.latency_cost_bps == pytest.approx(0.5)
+    m.fold()
     assert m.drift_ratio == pytest.approx(0.4, abs=0.01)
     assert m.exit_deviation_bps == 0.0  # clamped: never a negative cost
     assert m.latency_cost_bps == pytest.approx(2.0, abs=0.05)

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.ray
 
 NS = f"test-ray-engine-{uuid.uuid4().hex[:8]}"
 SYMBOLS = "BTC,ETH,XRP,SOL"
-REAL_BOOKS = Path("/work/shared/data/exchange-recordings/real_books.parquet")
+REAL_BOOKS = (Path(__file__).resolve().parents[2] / "shared" / "data" / "exchange-recordings"
+              / "real_books.parquet")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -132,8 +133,10 @@ def test_kill_during_snapshot_with_the_port_driven_here(tmp_path):
     from actors.symbol import SymbolActor
     from common.engine.build import (
         coordinator_config,
+        depth_cost,
         fee_schedule,
         fill_model_config,
+        straggler_ns,
         validate_batch,
     )
     from common.engine.coordinator import CoordinatorCore
@@ -174,11 +177,12 @@ def test_kill_during_snapshot_with_the_port_driven_here(tmp_path):
     kpi = KpiAccumulator()
     core = CoordinatorCore(coordinator_config(s), src.symbols, ids, src.symtab.fx_id, port, kpi,
                            session_id="port")
-    validator = BookValidator()
+    validator = BookValidator(straggler_ns(s))
+    depth = depth_cost(s)
     rows = []
     try:
         for k, (batch, pre) in enumerate(x for x in src.batches() if len(x[0])):
-            vb = validate_batch(validator, batch, pre)
+            vb = validate_batch(validator, batch, pre, depth)
             kpi.add_events(vb.rows_in, vb.rejected)
             port.ingest(ray.put(split_rows(vb, ids, src.symtab.fx_id)), vb.top.start_ns)
             rows += core.process_batch(vb.top)

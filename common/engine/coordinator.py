@@ -164,6 +164,8 @@ class CoordinatorCore:
         self.fx_first: float = math.nan
         self.initial_price_usd: dict[tuple[str, str], float] = {}
         self.next_mark_ns: int = -1
+        #: the entry rule's cost model holds still until this event time (the next mark)
+        self._model_until: int = -1
         self.clock_ns: int = -1
         self._slip = cfg.max_slippage_bps / 1e4
         self._settle_ns = int(cfg.settle_ms * 1_000_000)
@@ -207,6 +209,9 @@ class CoordinatorCore:
             for (st, mine), frame in zip(todo, frames, strict=True):
                 st.idle_frame = frame if mine.size == 0 else None
                 self._frames[st.name] = frame
+        if self.next_mark_ns < 0 and len(top):
+            self.next_mark_ns = self._grid_after(int(top.recv_ns[0]))
+            self._model_until = self.next_mark_ns
         for st in self.symbols.values():
             frame = self._frames[st.name]
             st.cursor = 0
@@ -226,8 +231,6 @@ class CoordinatorCore:
             k = len(self._universe_due)  # orders changes at the same instant as scheduled
             self._universe_due[k] = members
             heapq.heappush(heap, (t_u, _UNIVERSE, k, ""))
-        if self.next_mark_ns < 0 and len(top):
-            self.next_mark_ns = self._grid_after(int(top.recv_ns[0]))
         while 0 <= self.next_mark_ns <= top.end_ns:
             heapq.heappush(heap, (self.next_mark_ns, _MARK, -1, ""))
             self.next_mark_ns += int(self.cfg.mark_interval_s * 1e9)
@@ -244,6 +247,7 @@ class CoordinatorCore:
                 self._settle(names, t, heap)
             elif kind == _MARK:
                 self._sample_equity(t, list(self.symbols))
+                self._new_cost_period(t, heap)
             elif kind == _UNIVERSE:
                 self._apply_universe(self._universe_due.pop(row), heap)
             else:
@@ -430,8 +434,9 @@ class CoordinatorCore:
         self.initial_price_usd[("binance", st.name)] = b_mid
         st.funded = True
 
-    def _push_next(self, heap: list, st: SymbolState) -> None:
-        """Push the symbol's next decision point in this batch after its cursor, if any."""
+    def _push_next(self, heap: list, st: SymbolState, from_t: int | None = None) -> None:
+        """Push the symbol's next decision point in this batch after its cursor (or at or after
+        event time ``from_t``), if any."""
         frame = self._frames[st.name]
         if not st.funded:
             return
@@ -450,16 +455,53 @@ class CoordinatorCore:
             if not st.active:
                 self._drain(st)
                 return
-            idx = frame.edge_idx if st.rearm else frame.cand_idx
-            # indices are > 0, so at the start of a batch (cursor 0) the first one is next
-            k = int(np.searchsorted(idx, st.cursor, side="right")) if st.cursor else 0
-            if k < idx.size:
-                i = int(idx[k])
+            i = self._next_entry(st, frame, from_t)
+            if i >= 0:
                 heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
             return
         i = self._next_exit(st, frame)
         if i >= 0:
             heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
+
+    def _next_entry(self, st: SymbolState, frame: SymbolFrame, from_t: int | None) -> int:
+        """The next candidate event whose predicted net edge pays, before the cost model's next
+        update (``_model_until``); -1 if none. Candidates it passes over are counted as
+        declined by the cost model. The figures are exactly ``CostModel.estimate``'s, computed
+        for all candidates at once (the model holds still within the period)."""
+        idx = frame.edge_idx if st.rearm else frame.cand_idx
+        if from_t is not None:
+            lo = int(np.searchsorted(frame.t, from_t, side="left"))
+            k = int(np.searchsorted(idx, lo, side="left"))
+        else:
+            # indices are > 0, so at the start of a batch (cursor 0) the first one is next
+            k = int(np.searchsorted(idx, st.cursor, side="right")) if st.cursor else 0
+        if k >= idx.size:
+            return -1
+        idx = idx[k:]
+        idx = idx[:int(np.searchsorted(frame.t[idx], self._model_until, side="left"))]
+        if idx.size == 0:
+            return -1
+        ds, db = frame.dev_sell_u[idx], frame.dev_buy_u[idx]
+        dev = np.where(ds >= db, ds, db) * 1e4
+        c = self.costs
+        net = (dev - c.exit_deviation_bps - c.drift_ratio * np.maximum(dev, 0.0) - c.fees_bps
+               - frame.slip_rt[idx] - 4.0 * c.latency_cost_bps)
+        ok = np.flatnonzero(net > c.cfg.entry_margin_bps)
+        self.declined_by_cost += int(ok[0]) if ok.size else int(idx.size)
+        return int(idx[ok[0]]) if ok.size else -1
+
+    def _new_cost_period(self, t: int, heap: list) -> None:
+        """At a mark: the cost model takes in what it observed since the last one, and every
+        flat symbol looks for its next entry under the new figures from ``t`` on."""
+        self.costs.fold()
+        self._model_until = t + int(self.cfg.mark_interval_s * 1e9)
+        for st in self.symbols.values():
+            if (st.status == FLAT and st.active and st.funded and not st.pending
+                    and st.hedge_wait < 0 and st.name in self._frames):
+                frame = self._frames[st.name]
+                i = self._next_entry(st, frame, t)
+                if i >= 0:
+                    heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
 
     def _next_exit(self, st: SymbolState, frame: SymbolFrame) -> int:
         lo = st.cursor + 1
@@ -514,9 +556,8 @@ class CoordinatorCore:
         direction = 1 if dsell >= dbuy else -1
         est = self.costs.estimate((dsell if direction > 0 else dbuy) * 1e4,
                                   float(frame.slip_rt[i]))
-        if not self.costs.pays(est):
-            self.declined_by_cost += 1
-            return
+        if not self.costs.pays(est):  # _next_entry only stops at events that pay
+            raise RuntimeError(f"{st.name}: entry at {t} does not pay ({est})")
         b_mid = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
         fee_u = self.cfg.fees.rate(UPBIT)
         if direction > 0:  # buy binance at ask, sell upbit at bid

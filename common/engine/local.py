@@ -114,6 +114,8 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     report = build_report(kpi.report(), coord.report_part(), settings, run_id, wall_s,
                           trade_log.jsonl_path, trade_log.parquet_path, engine="local",
                           data_source=source.kind, interrupted=interrupted)
+    # the run folder always holds its KPIs; --kpi-output-path writes a copy where asked
+    write_kpi(report, Path(log_dir) / run_id / "kpi.json")
     if kpi_path:
         write_kpi(report, kpi_path)
     return report

@@ -17,8 +17,9 @@ round trips as they stream in (a prior worth ``prior_weight`` observations keeps
 entries sane): ``rho`` by least squares through the origin of the level's drift on the entry
 deviation, the other two as running means. Each estimate is clamped at zero from below, so the
 fees plus the margin are a lower bound of the required deviation (the signal frames pre-filter
-on it). The model changes only when a leg settles or a round trip closes, in event-time order,
-so the same input gives the same decisions on any engine and batching.
+on it). Observations are taken in at fixed event-time marks (``fold``, every minute): the model
+holds still between them, so the coordinator evaluates every candidate event of a period in one
+array operation, and the same input gives the same decisions on any engine and batching.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class CostModel:
         self._lat_n = w
         self.round_trips = 0
         self.legs = 0
+        #: observations made since the last ``fold``: (kind, figures)
+        self._pending: list[tuple] = []
 
     @property
     def fees_bps(self) -> float:
@@ -108,22 +111,35 @@ class CostModel:
         return est.net_bps > self.cfg.entry_margin_bps
 
     def observe_leg(self, latency_cost_bps: float) -> None:
-        """A filled entry or exit leg's latency cost (bps, positive = it moved against us)."""
-        self._lat_sum += latency_cost_bps
-        self._lat_n += 1.0
-        self.legs += 1
+        """A filled entry or exit leg's latency cost (bps, positive = it moved against us);
+        taken in at the next ``fold``."""
+        self._pending.append(("leg", latency_cost_bps))
 
     def observe_round_trip(self, entry_deviation_bps: float, drift_bps: float,
                            exit_deviation_bps: float) -> None:
         """A closed round trip: its entry deviation, how far the level moved toward it during
         the hold, and the deviation left when it exited (all bps, signed so that positive
-        costs the trade)."""
-        d = max(entry_deviation_bps, 0.0)
-        self._dd += d * d
-        self._drift_d += drift_bps * d
-        self._exit_sum += exit_deviation_bps
-        self._exit_n += 1.0
-        self.round_trips += 1
+        costs the trade); taken in at the next ``fold``."""
+        self._pending.append(("rt", entry_deviation_bps, drift_bps, exit_deviation_bps))
+
+    def fold(self) -> None:
+        """Take in the observations made since the last fold. The engine folds at fixed
+        event-time marks, so the model holds still between them and every entry decision
+        of a period can be evaluated at once."""
+        for obs in self._pending:
+            if obs[0] == "leg":
+                self._lat_sum += obs[1]
+                self._lat_n += 1.0
+                self.legs += 1
+            else:
+                _, dev, drift, exit_dev = obs
+                d = max(dev, 0.0)
+                self._dd += d * d
+                self._drift_d += drift * d
+                self._exit_sum += exit_dev
+                self._exit_n += 1.0
+                self.round_trips += 1
+        self._pending = []
 
     def report(self) -> dict:
         return {"drift_ratio": self.drift_ratio, "exit_deviation_bps": self.exit_deviation_bps,
@@ -131,12 +147,14 @@ class CostModel:
                 "round_trips_observed": self.round_trips, "legs_observed": self.legs}
 
     def get_state(self) -> dict:
-        return {k: getattr(self, k) for k in ("_dd", "_drift_d", "_exit_sum", "_exit_n",
-                                              "_lat_sum", "_lat_n", "round_trips", "legs")}
+        state = {k: getattr(self, k) for k in ("_dd", "_drift_d", "_exit_sum", "_exit_n",
+                                               "_lat_sum", "_lat_n", "round_trips", "legs")}
+        state["_pending"] = list(self._pending)
+        return state
 
     def set_state(self, state: dict) -> None:
         for k, v in state.items():
-            setattr(self, k, v)
+            setattr(self, k, list(v) if k == "_pending" else v)
 
 
 #: edges of the entry-deviation buckets (bps) the KPIs report predicted vs realised net edge by
