@@ -139,6 +139,8 @@ class SymbolState:
     krw_flow_usd: float = 0.0  # the same flows, each at its own fill's FX
     wall_at_decision: dict = field(default_factory=dict)
     idle_frame: SymbolFrame | None = None  # reused while the symbol has no new events
+    #: books (upbit bid/ask, binance bid/ask) as of the last mark: what risk checks value at
+    risk_px: tuple = (math.nan, math.nan, math.nan, math.nan)
 
 
 class CoordinatorCore:
@@ -174,6 +176,7 @@ class CoordinatorCore:
         #: hold a coin position (only those need a mark)
         self._cash_total = 0.0
         self._positioned: set[str] = set()
+        self._risk_fx = math.nan  # the KRW-USDT mid as of the last mark
         self._frames: dict[str, SymbolFrame] = {}
         self._fx_t = np.zeros(1, dtype=np.int64)
         self._fx_mid = np.full(1, np.nan)
@@ -247,6 +250,7 @@ class CoordinatorCore:
                 self._settle(names, t, heap)
             elif kind == _MARK:
                 self._sample_equity(t, list(self.symbols))
+                self._refresh_risk_marks(t)
                 self._new_cost_period(t, heap)
             elif kind == _UNIVERSE:
                 self._apply_universe(self._universe_due.pop(row), heap)
@@ -432,6 +436,9 @@ class CoordinatorCore:
         self.portfolio.fund("binance", st.name, qty)
         self.initial_price_usd[("upbit", st.name)] = u_mid_usd
         self.initial_price_usd[("binance", st.name)] = b_mid
+        st.risk_px = frame.books_at(i)  # until the first mark
+        if not math.isfinite(self._risk_fx):
+            self._risk_fx = float(frame.fx[i])
         st.funded = True
 
     def _push_next(self, heap: list, st: SymbolState, from_t: int | None = None) -> None:
@@ -556,8 +563,13 @@ class CoordinatorCore:
         direction = 1 if dsell >= dbuy else -1
         est = self.costs.estimate((dsell if direction > 0 else dbuy) * 1e4,
                                   float(frame.slip_rt[i]))
-        if not self.costs.pays(est):  # _next_entry only stops at events that pay
-            raise RuntimeError(f"{st.name}: entry at {t} does not pay ({est})")
+        if not self.costs.pays(est):
+            # _next_entry stops only at events that pay, with the very same arithmetic: this
+            # is a bug if it ever happens, logged, and the entry declined rather than the run
+            # ended
+            logger.error("{}: entry at {} does not pay after all ({})", st.name, t, est)
+            self.declined_by_cost += 1
+            return
         b_mid = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
         fee_u = self.cfg.fees.rate(UPBIT)
         if direction > 0:  # buy binance at ask, sell upbit at bid
@@ -566,14 +578,14 @@ class CoordinatorCore:
         else:
             legs = [LegNeed("upbit", "KRW", frame.u_ask[i] * (1 + self._slip) * (1 + fee_u)),
                     LegNeed("binance", st.name, 1.0)]
+        total_exposure, total_pnl = self._risk_view(t)
         decision = self.risk.check_entry(
             qty=self.cfg.strategy.trade_notional_usd / b_mid, price_usd=b_mid, lot=st.lot,
             legs=legs, portfolio=self.portfolio,
             symbol_exposure_usd=self._exposure(st, t),
-            total_exposure_usd=sum(self._exposure(self.symbols[n], t)
-                                   for n in sorted(self._positioned)),
+            total_exposure_usd=total_exposure,
             open_round_trips=sum(1 for s in self.symbols.values() if s.rt is not None),
-            total_pnl_usd=self.total_pnl_usd(t),
+            total_pnl_usd=total_pnl,
         )
         if decision.refusal is not None:
             st.rearm = True
@@ -815,26 +827,66 @@ class CoordinatorCore:
         return UPBIT if st.delta[UPBIT] < st.delta[BINANCE] else BINANCE
 
     # -- marks, PnL and equity -----------------------------------------------------------------
-    def _mark_symbol(self, st: SymbolState, frame: SymbolFrame, i: int, t: int) -> float:
+    def _mark_symbol(self, st: SymbolState, frame: SymbolFrame, i: int, t: int,
+                     fx: float | None = None) -> float:
         """Value at ``t`` of the strategy's coin position at executable prices (bid if long, ask
-        if short) of the books as of event ``i``, in USD, Upbit's at the latest FX as of ``t``.
-        NaN prices count as zero position value."""
+        if short) of the books as of event ``i``, in USD, Upbit's at the latest FX as of ``t``
+        (``fx`` when the caller has it). NaN prices count as zero position value."""
         du, db = st.delta
+        if not (du or db):
+            return 0.0
+        u_bid, u_ask, b_bid, b_ask = frame.books_at(i)
         v = 0.0
         if du:
-            px = frame.u_bid[i] if du > 0 else frame.u_ask[i]
-            fx = self._fx_at(t)
-            if np.isfinite(px) and np.isfinite(fx):
+            px = u_bid if du > 0 else u_ask
+            if fx is None:
+                fx = self._fx_at(t)
+            if math.isfinite(px) and math.isfinite(fx):
                 v += du * px / fx
         if db:
-            px = frame.b_bid[i] if db > 0 else frame.b_ask[i]
-            if np.isfinite(px):
+            px = b_bid if db > 0 else b_ask
+            if math.isfinite(px):
                 v += db * px
-        return float(v)
+        return v
+
+    def _risk_view(self, t: int) -> tuple[float, float]:
+        """(total exposure, total PnL) for an entry's risk check: every cash flow so far (a
+        running total) plus the positions held, valued at the books of the last mark (refreshed
+        every ``mark_interval_s``), as a risk system on periodic marks does. One pass of plain
+        arithmetic over the symbols holding a position, no lookups."""
+        exposure = 0.0
+        pnl = self._cash_total
+        fx = self._risk_fx
+        for name in sorted(self._positioned):
+            st = self.symbols[name]
+            du, db = st.delta
+            u_bid, u_ask, b_bid, b_ask = st.risk_px
+            b_mid = (b_bid + b_ask) * 0.5
+            if math.isfinite(b_mid):
+                exposure += max(abs(du), abs(db)) * b_mid
+            if du:
+                px = u_bid if du > 0 else u_ask
+                if math.isfinite(px) and math.isfinite(fx):
+                    pnl += du * px / fx
+            if db:
+                px = b_bid if db > 0 else b_ask
+                if math.isfinite(px):
+                    pnl += db * px
+        return exposure, pnl
+
+    def _refresh_risk_marks(self, t: int) -> None:
+        """The books risk checks value positions at: those as of mark ``t``."""
+        fx = self._fx_at(t)
+        if math.isfinite(fx):
+            self._risk_fx = fx
+        for st in self.symbols.values():
+            frame = self._frames.get(st.name)
+            if frame is not None and st.funded:
+                st.risk_px = frame.books_at(frame.asof(t))
 
     def _fx_at(self, t: int) -> float:
         """The latest KRW-USDT mid received at or before ``t`` (nan before the first)."""
-        k = int(np.searchsorted(self._fx_t, t, side="right")) - 1
+        k = int(self._fx_t.searchsorted(t, side="right")) - 1
         return float(self._fx_mid[k]) if k >= 0 else math.nan
 
     def symbol_pnl_usd(self, st: SymbolState, t: int) -> float:
@@ -852,16 +904,19 @@ class CoordinatorCore:
             total += self._mark_symbol(st, frame, frame.asof(t), t)
         return total
 
-    def _exposure(self, st: SymbolState, t: int) -> float:
+    def _exposure(self, st: SymbolState, t: int, frame: SymbolFrame | None = None,
+                  i: int = -1) -> float:
         """USD size of the symbol's open position (the larger venue leg) at mid as of ``t``."""
         if not (st.delta[UPBIT] or st.delta[BINANCE]):
             return 0.0
-        frame = self._frames[st.name]
-        i = frame.asof(t)
-        price_usd = (frame.b_bid[i] + frame.b_ask[i]) * 0.5
-        if not np.isfinite(price_usd):
+        if frame is None:
+            frame = self._frames[st.name]
+            i = frame.asof(t)
+        _, _, b_bid, b_ask = frame.books_at(i)
+        price_usd = (b_bid + b_ask) * 0.5
+        if not math.isfinite(price_usd):
             return 0.0
-        return max(abs(st.delta[UPBIT]), abs(st.delta[BINANCE])) * float(price_usd)
+        return max(abs(st.delta[UPBIT]), abs(st.delta[BINANCE])) * price_usd
 
     def _sample_equity(self, t: int, names: list[str]) -> None:
         for name in names:

@@ -73,35 +73,53 @@ def _side_slippage(px: np.ndarray, sz: np.ndarray, off: np.ndarray, rows: np.nda
                    notional: np.ndarray, side: int, cap_bps: float) -> np.ndarray:
     """VWAP slippage in bps of taking ``notional[r]`` (quote) from the levels of each row.
 
-    Each row's levels are summed on their own (one row of a zero-padded 2-D cumulative sum), so
-    a row's figure never depends on which other rows share its batch."""
+    A walk level by level, vectorised over the rows still short of their notional (most are done
+    after a level or two, so the work follows the depth actually walked). Each row's sums are its
+    own, so a row's figure never depends on which other rows share its batch."""
     m = rows.shape[0]
     starts = off[rows]
     lens = np.minimum(off[rows + 1] - starts, MAX_LEVELS)
-    width = int(lens.max()) if m else 0
-    if width == 0:
-        return np.full(m, np.nan)
-    cols = np.arange(width)
-    inside = cols[None, :] < lens[:, None]
-    pos = np.where(inside, starts[:, None] + cols[None, :], 0)
-    p = np.where(inside, px[pos], np.nan)
-    # only levels within the order's limit can fill (an IOC at best +- cap_bps)
-    with np.errstate(invalid="ignore"):
-        inside &= (p / p[:, :1] - 1.0) * side * 1e4 <= cap_bps + 1e-9
-    p = np.where(inside, p, np.nan)
-    q = np.where(inside, sz[pos], 0.0)
-    cv = np.cumsum(np.where(inside, p * q, 0.0), axis=1)
-    cq = np.cumsum(q, axis=1)
-    reach = cv >= notional[:, None]
-    fits = reach.any(axis=1) & np.isfinite(notional)
-    k = np.where(fits, reach.argmax(axis=1), 0)
-    r = np.arange(m)
-    prev_v = np.where(k > 0, cv[r, np.maximum(k - 1, 0)], 0.0)
-    prev_q = np.where(k > 0, cq[r, np.maximum(k - 1, 0)], 0.0)
+    out = np.full(m, np.nan)
+    live = np.flatnonzero((lens > 0) & np.isfinite(notional))
+    if live.size == 0:
+        return out
+    best = px[starts[live]]
+    z0 = sz[starts[live]]
+    top = best * z0
+    need0 = notional[live]
+    # the common case: the best level alone holds the notional (the VWAP is the best price)
+    deep = np.flatnonzero(top < need0)
+    out[live] = 0.0
+    if deep.size == 0:
+        return out
+    live, best = live[deep], best[deep]
+    qty = z0[deep].astype(np.float64, copy=True)
+    cost = top[deep].astype(np.float64, copy=True)
+    need = need0[deep] - cost
+    at = np.arange(live.size)  # positions (into live) of the rows still walking
+    for j in range(1, int(lens[live].max())):
+        at = at[lens[live[at]] > j]
+        if at.size == 0:
+            break
+        pos = starts[live[at]] + j
+        p = px[pos]
+        z = sz[pos]
+        with np.errstate(invalid="ignore"):
+            # only levels within the order's limit can fill
+            ok = (p / best[at] - 1.0) * side * 1e4 <= cap_bps + 1e-9
+        at = at[ok]
+        if at.size == 0:
+            break
+        p, z = p[ok], z[ok]
+        val = p * z
+        n = need[at]
+        part = val >= n  # this level completes the notional
+        take = np.where(part, n / p, z)
+        qty[at] += take
+        cost[at] += np.where(part, n, val)
+        need[at] = np.where(part, 0.0, n - val)
+        at = at[~part]
     with np.errstate(invalid="ignore", divide="ignore"):
-        qty = prev_q + (notional - prev_v) / p[r, k]
-        vwap = np.where(fits, notional / qty, cv[:, -1] / cq[:, -1])
-        slip = np.maximum((vwap / p[:, 0] - 1.0) * side * 1e4, 0.0)
-    slip = np.minimum(slip, cap_bps)
-    slip[~np.isfinite(notional)] = np.nan
-    return slip
+        slip = np.maximum((cost / qty / best - 1.0) * side * 1e4, 0.0)
+    out[live] = np.minimum(slip, cap_bps)
+    return out

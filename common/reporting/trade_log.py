@@ -12,6 +12,7 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from loguru import logger
@@ -52,10 +53,7 @@ def iso_ns(ts_ns: int) -> str:
     return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
 
 
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+_INF = math.inf
 
 
 def build_row(res: ExecutionResult, session_id: str, **extra) -> dict:
@@ -83,7 +81,14 @@ def build_row(res: ExecutionResult, session_id: str, **extra) -> dict:
                 "fill_ts_ns": res.fill_ts_ns, "signal_bps": t.signal_bps, "reason": t.reason,
                 "round_trip_closed": False, "round_trip_pnl_usd": None})
     row.update(extra)
-    return {k: _clean(row.get(k)) for k in FIELD_NAMES}
+    out = dict.fromkeys(FIELD_NAMES)
+    out.update(row)
+    if len(out) != len(FIELD_NAMES):
+        raise ValueError(f"trade row fields outside the schema: {sorted(set(out) - set(FIELD_NAMES))}")
+    for k, v in out.items():
+        if v.__class__ is float and not (-_INF < v < _INF):
+            out[k] = None  # NaN and infinities become null
+    return out
 
 
 def trade_log_dir(log_dir: str | Path, run_id: str) -> Path:
@@ -140,7 +145,7 @@ class TradeLogger:
             new.append(r)
         if not new:
             return 0
-        self._jsonl.write("".join(json.dumps(r) + "\n" for r in new))
+        self._jsonl.write(b"".join(orjson.dumps(r) + b"\n" for r in new).decode())
         self._jsonl.flush()
         self._buffer.extend(new)
         self.rows_written += len(new)

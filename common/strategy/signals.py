@@ -136,7 +136,15 @@ class SymbolFrame:
 
     def asof(self, t_ns: int) -> int:
         """Index of the last event at or before ``t_ns`` (0 = the carried state)."""
-        return max(0, int(np.searchsorted(self.t, t_ns, side="right")) - 1)
+        t = self._flat["t"][self._a:self._b]
+        return max(0, int(t.searchsorted(t_ns, side="right")) - 1)
+
+    def books_at(self, i: int) -> tuple[float, float, float, float]:
+        """(upbit bid, upbit ask, binance bid, binance ask) as of event ``i``, read straight
+        from the flat arrays (the hot path of marks and risk checks)."""
+        f, k = self._flat, self._a + i
+        return (float(f["u_bid"][k]), float(f["u_ask"][k]), float(f["b_bid"][k]),
+                float(f["b_ask"][k]))
 
     def carry(self) -> CarryState:
         f, i = self._flat, self._b - 1
