@@ -482,10 +482,9 @@ class CoordinatorCore:
         else:
             # indices are > 0, so at the start of a batch (cursor 0) the first one is next
             k = int(np.searchsorted(idx, st.cursor, side="right")) if st.cursor else 0
-        if k >= idx.size:
-            return -1
-        idx = idx[k:]
-        idx = idx[:int(np.searchsorted(frame.t[idx], self._model_until, side="left"))]
+        # the cost model holds still until _model_until: look no further
+        lim = int(frame.t.searchsorted(self._model_until, side="left"))
+        idx = idx[k:int(idx.searchsorted(lim, side="left"))]
         if idx.size == 0:
             return -1
         ds, db = frame.dev_sell_u[idx], frame.dev_buy_u[idx]
@@ -511,22 +510,35 @@ class CoordinatorCore:
                     heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
 
     def _next_exit(self, st: SymbolState, frame: SymbolFrame) -> int:
+        """The next event after the cursor where the exit rule fires (back within the band of
+        the level, the stop loss, or the maximum holding time); -1 if none in this frame. It
+        scans in growing windows, so the work follows the distance to the exit, not the length
+        of the batch."""
+        n = len(frame)
         lo = st.cursor + 1
-        if lo >= len(frame):
+        if lo >= n:
             return -1
         s = self.cfg.strategy
         band, stop = s.exit_band_bps / 1e4, s.stop_loss_bps / 1e4
-        with np.errstate(invalid="ignore"):
-            if st.direction > 0:  # exit buys upbit, sells binance
-                x = frame.p_buy_u[lo:]
-                hit = (x - frame.level[lo:] <= band) | (x - st.entry_premium >= stop)
-            else:
-                x = frame.p_sell_u[lo:]
-                hit = (frame.level[lo:] - x <= band) | (st.entry_premium - x >= stop)
-        hit |= frame.t[lo:] >= st.entry_ns + int(s.max_holding_s * 1e9)
-        hit &= frame.tie_last[lo:]
-        k = np.flatnonzero(hit)
-        return lo + int(k[0]) if k.size else -1
+        deadline = st.entry_ns + int(s.max_holding_s * 1e9)
+        t, level, tie_last = frame.t, frame.level, frame.tie_last
+        x_all = frame.p_buy_u if st.direction > 0 else frame.p_sell_u
+        width = 256
+        while lo < n:
+            hi = min(n, lo + width)
+            x, lv = x_all[lo:hi], level[lo:hi]
+            with np.errstate(invalid="ignore"):
+                if st.direction > 0:  # exit buys upbit, sells binance
+                    hit = (x - lv <= band) | (x - st.entry_premium >= stop)
+                else:
+                    hit = (lv - x <= band) | (st.entry_premium - x >= stop)
+            hit |= t[lo:hi] >= deadline
+            hit &= tie_last[lo:hi]
+            k = np.flatnonzero(hit)
+            if k.size:
+                return lo + int(k[0])
+            lo, width = hi, width * 4
+        return -1
 
     # -- decisions -----------------------------------------------------------------------------
     def _decide(self, st: SymbolState, i: int, heap: list) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 
 import orjson
@@ -50,39 +50,32 @@ TradeLogEntry = dataclasses.make_dataclass(
 def iso_ns(ts_ns: int) -> str:
     """ISO-8601 UTC with nanoseconds, e.g. 2026-01-01T00:00:01.234567891Z."""
     sec, ns = divmod(int(ts_ns), 1_000_000_000)
-    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns:09d}Z"
 
 
 _INF = math.inf
+#: each leg's column names, in schema order (built once: a row is built per trade)
+_LEG_KEYS = {p: tuple(f"{p}_{n}" for n, _ in _LEG_FIELDS) for p in ("buy", "sell")}
 
 
 def build_row(res: ExecutionResult, session_id: str, **extra) -> dict:
-    """The log row of one ExecutionResult (missing legs and NaNs become null)."""
+    """The log row of one ExecutionResult (missing legs and NaNs become null), in schema order."""
     t = res.trade
-    row = {"timestamp": iso_ns(res.fill_ts_ns), "session_id": session_id, "trade_id": t.trade_id,
-           "symbol": t.symbol, "leg_kind": t.leg_kind, "round_trip_id": t.round_trip_id,
-           "quantity": t.quantity}
+    out = dict.fromkeys(FIELD_NAMES)
+    out.update(timestamp=iso_ns(res.fill_ts_ns), session_id=session_id, trade_id=t.trade_id,
+               symbol=t.symbol, leg_kind=t.leg_kind, round_trip_id=t.round_trip_id,
+               quantity=t.quantity)
     for prefix, leg, price, limit in (("buy", res.buy, t.buy_price, t.buy_limit),
                                       ("sell", res.sell, t.sell_price, t.sell_limit)):
-        if leg is None:
-            for n, _ in _LEG_FIELDS:
-                row[f"{prefix}_{n}"] = None
-            continue
-        row.update({
-            f"{prefix}_exchange": leg.exchange, f"{prefix}_price": price, f"{prefix}_limit": limit,
-            f"{prefix}_filled_qty": leg.filled_qty, f"{prefix}_vwap": leg.vwap_price,
-            f"{prefix}_fill_ratio": leg.fill_ratio, f"{prefix}_slippage_bps": leg.slippage_bps,
-            f"{prefix}_latency_cost_bps": leg.latency_cost_bps, f"{prefix}_fee": leg.fee,
-            f"{prefix}_fee_asset": leg.fee_asset, f"{prefix}_usd_per_quote": leg.usd_per_quote,
-            f"{prefix}_arrival_ns": leg.arrival_ns, f"{prefix}_book_recv_ns": leg.book_recv_ns,
-            f"{prefix}_book_ts_ns": leg.book_ts_ns,
-        })
-    row.update({"trade_result": res.trade_result, "decision_ts_ns": t.decision_ts_ns,
-                "fill_ts_ns": res.fill_ts_ns, "signal_bps": t.signal_bps, "reason": t.reason,
-                "round_trip_closed": False, "round_trip_pnl_usd": None})
-    row.update(extra)
-    out = dict.fromkeys(FIELD_NAMES)
-    out.update(row)
+        if leg is not None:
+            out.update(zip(_LEG_KEYS[prefix], (
+                leg.exchange, price, limit, leg.filled_qty, leg.vwap_price, leg.fill_ratio,
+                leg.slippage_bps, leg.latency_cost_bps, leg.fee, leg.fee_asset,
+                leg.usd_per_quote, leg.arrival_ns, leg.book_recv_ns, leg.book_ts_ns), strict=True))
+    out.update(trade_result=res.trade_result, decision_ts_ns=t.decision_ts_ns,
+               fill_ts_ns=res.fill_ts_ns, signal_bps=t.signal_bps, reason=t.reason,
+               round_trip_closed=False)
+    out.update(extra)
     if len(out) != len(FIELD_NAMES):
         raise ValueError(f"trade row fields outside the schema: {sorted(set(out) - set(FIELD_NAMES))}")
     for k, v in out.items():
