@@ -114,22 +114,24 @@ def engine_e2e(path: Path, tmp: Path) -> tuple[float, dict]:
     return time.perf_counter() - t, json.loads(kpi.read_text())
 
 
-def engine_alone(path: Path, tmp: Path) -> tuple[float, int]:
-    """The engine on batches already decoded into memory: what bounds it is its own work."""
+def engine_alone(path: Path, tmp: Path, overrides: dict | None = None) -> tuple[float, int, dict]:
+    """The engine on batches already decoded into memory: what bounds it is its own work.
+    Returns (seconds, rows, the KPI report)."""
     import dataclasses
 
     from common.engine.build import open_source
     from common.engine.local import run_local
     from common.settings import Settings
 
-    settings = Settings.from_env()
+    settings = Settings.from_env(overrides=overrides)
     source = open_source("replay", settings, str(path), None)
     batches = list(source.batches())
     rows = sum(len(b) for b, _ in batches)
     source = dataclasses.replace(source, _batches=iter(batches))
     t = time.perf_counter()
-    run_local(settings, source, "bench", tmp / "alone", None, settings.topn_size, progress=False)
-    return time.perf_counter() - t, rows
+    rep = run_local(settings, source, "bench", tmp / "alone", None, settings.topn_size,
+                    progress=False)
+    return time.perf_counter() - t, rows, rep
 
 
 def main() -> int:
@@ -152,7 +154,7 @@ def main() -> int:
     floor = min(decode_floor(path) for _ in range(2))
     bare, signals = bare_loop(path)
     e2e, kpi = engine_e2e(path, tmp)
-    alone, n = min((engine_alone(path, tmp) for _ in range(2)), key=lambda x: x[0])
+    alone, n, _ = min((engine_alone(path, tmp) for _ in range(2)), key=lambda x: x[0])
     print()
     print(f"{'figure':<34}{'seconds':>9}{'rows/s':>14}{'vs floor':>10}")
     for name, secs in (("1 decode floor (pyarrow)", floor), ("2 bare pyarrow + Python loop", bare),

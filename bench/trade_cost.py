@@ -20,7 +20,6 @@ Targets (issue 11): per-trade cost <= 100 us; engine end to end >= 1.0x the bare
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from bench.replay_throughput import bare_loop  # noqa: E402
+from bench.replay_throughput import bare_loop, engine_alone  # noqa: E402
 from common.marketdata.mock import MockConfig, MockMarket, mock_universe_topn  # noqa: E402
 from common.marketdata.replay import write_replay  # noqa: E402
 
@@ -74,21 +73,6 @@ def e2e(path: Path, tmp: Path, tag: str, env: dict | None = None) -> tuple[float
     return time.perf_counter() - t, json.loads(kpi.read_text())
 
 
-def in_memory(path: Path, tmp: Path, overrides: dict) -> tuple[float, dict]:
-    from common.engine.build import open_source
-    from common.engine.local import run_local
-    from common.settings import Settings
-
-    settings = Settings.from_env(overrides=overrides)
-    source = open_source("replay", settings, str(path), None)
-    batches = list(source.batches())
-    source = dataclasses.replace(source, _batches=iter(batches))
-    t = time.perf_counter()
-    rep = run_local(settings, source, "bench", tmp / "mem", None, settings.topn_size,
-                    progress=False)
-    return time.perf_counter() - t, rep
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -111,9 +95,9 @@ def main() -> int:
     off, k_off = e2e(path, tmp, "off", NO_TRADING)
     trades = k_on["trades_executed"]
     assert k_off["trades_executed"] == 0
-    mem_on, r_on = min((in_memory(path, tmp, {}) for _ in range(2)), key=lambda x: x[0])
-    mem_off, _ = min((in_memory(path, tmp, {"entry_margin_bps": 1e6}) for _ in range(2)),
-                     key=lambda x: x[0])
+    mem_on, _, r_on = min((engine_alone(path, tmp) for _ in range(2)), key=lambda x: x[0])
+    mem_off, _, _ = min((engine_alone(path, tmp, {"entry_margin_bps": 1e6}) for _ in range(2)),
+                        key=lambda x: x[0])
     print()
     print(f"{'figure':<40}{'seconds':>9}{'rows/s':>14}")
     for name, secs in (("1 bare pyarrow + Python loop", bare),

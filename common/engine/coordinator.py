@@ -51,6 +51,23 @@ from common.types import (
 FLAT, OPEN = "flat", "open"
 
 
+def _position_value(du: float, db: float, u_bid: float, u_ask: float, b_bid: float,
+                    b_ask: float, fx: float) -> float:
+    """USD value of a coin position of ``du`` on Upbit and ``db`` on Binance at executable
+    prices (the bid if long, the ask if short), Upbit's at ``fx`` KRW per USDT; a price that
+    is not finite counts as zero value."""
+    v = 0.0
+    if du:
+        px = u_bid if du > 0 else u_ask
+        if math.isfinite(px) and math.isfinite(fx):
+            v += du * px / fx
+    if db:
+        px = b_bid if db > 0 else b_ask
+        if math.isfinite(px):
+            v += db * px
+    return v
+
+
 def _finite_or_zero(x: float) -> float:
     return float(x) if math.isfinite(x) else 0.0
 # heap event kinds, in the order they run at equal times: settlements, TopN membership changes,
@@ -847,19 +864,9 @@ class CoordinatorCore:
         du, db = st.delta
         if not (du or db):
             return 0.0
-        u_bid, u_ask, b_bid, b_ask = frame.books_at(i)
-        v = 0.0
-        if du:
-            px = u_bid if du > 0 else u_ask
-            if fx is None:
-                fx = self._fx_at(t)
-            if math.isfinite(px) and math.isfinite(fx):
-                v += du * px / fx
-        if db:
-            px = b_bid if db > 0 else b_ask
-            if math.isfinite(px):
-                v += db * px
-        return v
+        if fx is None:
+            fx = self._fx_at(t) if du else math.nan
+        return _position_value(du, db, *frame.books_at(i), fx)
 
     def _risk_view(self, t: int) -> tuple[float, float]:
         """(total exposure, total PnL) for an entry's risk check: every cash flow so far (a
@@ -872,18 +879,10 @@ class CoordinatorCore:
         for name in sorted(self._positioned):
             st = self.symbols[name]
             du, db = st.delta
-            u_bid, u_ask, b_bid, b_ask = st.risk_px
-            b_mid = (b_bid + b_ask) * 0.5
+            b_mid = (st.risk_px[2] + st.risk_px[3]) * 0.5
             if math.isfinite(b_mid):
                 exposure += max(abs(du), abs(db)) * b_mid
-            if du:
-                px = u_bid if du > 0 else u_ask
-                if math.isfinite(px) and math.isfinite(fx):
-                    pnl += du * px / fx
-            if db:
-                px = b_bid if db > 0 else b_ask
-                if math.isfinite(px):
-                    pnl += db * px
+            pnl += _position_value(du, db, *st.risk_px, fx)
         return exposure, pnl
 
     def _refresh_risk_marks(self, t: int) -> None:

@@ -298,42 +298,10 @@ class BookWalkFillModel(_SeededModel):
         if not _positive(zl[0]):
             return _simple_fill(cfg, s, qty, limit, best, zl[0], float(consumed), float(lot))
 
-        skip = float(consumed) if consumed > 0 else 0.0
         slimit = s * limit
-        need = qty
-        taken = 0.0
-        cost = 0.0
-        blocked = False
-        full = False
-        first_left = math.nan  # best price with visible liquidity left
-        last_taken = best  # price of the deepest level taken from
-        last_quoted = best  # deepest valid price of the book
-        for p, z in zip(pl, zl, strict=True):
-            if not _positive(p):
-                break
-            last_quoted = p
-            if not _positive(z):
-                continue
-            if skip > 0.0:
-                if skip >= z:
-                    skip -= z
-                    continue
-                z -= skip
-                skip = 0.0
-            if first_left != first_left:
-                first_left = p
-            if s * p > slimit:
-                blocked = True
-                break
-            last_taken = p
-            if z >= need:
-                cost += need * p
-                taken += need
-                full = True
-                break
-            cost += z * p
-            taken += z
-            need -= z
+        taken, cost, full, blocked, first_left, last_taken, last_quoted = _walk(
+            pl, zl, float(consumed), qty, s, slimit, best)
+        need = qty - taken
 
         alpha = cfg.slippage_alpha
         ratio = cfg.hidden_depth_ratio
@@ -354,9 +322,7 @@ class BookWalkFillModel(_SeededModel):
             if x_lim > 0.0:
                 u = HIDDEN_U_LOW + float(self._rng.random())
                 hidden = min(need, ratio * depth * u, x_lim)
-                cost += last_taken * (
-                    hidden + s * ak * depth / (e + 1.0) * (hidden / depth) ** (e + 1.0)
-                )
+                cost += _hidden_cost(last_taken, hidden, depth, s * ak, e)
 
         if full:
             filled = qty
@@ -371,15 +337,12 @@ class BookWalkFillModel(_SeededModel):
                 if q <= 0.0:
                     return _NOTHING
                 if q < filled:
-                    if q <= taken:
-                        cost, taken = _walk_cost(pl, zl, float(consumed), q)
-                    else:
-                        h = q - taken
-                        depth = taken
-                        ak = alpha * HIDDEN_IMPACT_K
-                        e = cfg.impact_exponent
-                        cost = cost_visible + last_taken * (
-                            h + s * ak * depth / (e + 1.0) * (h / depth) ** (e + 1.0))
+                    if q <= taken:  # the visible levels alone hold it
+                        taken, cost = _walk(pl, zl, float(consumed), q, s, slimit, best)[:2]
+                    else:  # all the visible depth, and the hidden part of the same draw
+                        cost = cost_visible + _hidden_cost(
+                            last_taken, q - taken, taken, s * alpha * HIDDEN_IMPACT_K,
+                            cfg.impact_exponent)
                     filled = q
             vwap = _clamp(s, cost / filled, best, limit) if cfg.slippage_enable else best
             return FillOutcome(filled, vwap, taken)
@@ -398,14 +361,26 @@ class BookWalkFillModel(_SeededModel):
         return FillOutcome(qty, _clamp(s, cost / qty, best, cap), taken)
 
 
-def _walk_cost(pl: list, zl: list, consumed: float, q: float) -> tuple[float, float]:
-    """(cost, q) of taking ``q`` from the visible levels after ``consumed`` (q known to fit)."""
+def _walk(pl: list, zl: list, consumed: float, qty: float, s: int, slimit: float,
+          best: float) -> tuple:
+    """Take up to ``qty`` from the visible levels, skipping ``consumed`` first, while the price
+    is within the limit (``s * price <= slimit``). Returns (taken, cost, full, blocked,
+    first_left, last_taken, last_quoted): ``first_left`` the best price with visible liquidity
+    left (nan if none), ``last_taken`` the price of the deepest level taken from, and
+    ``last_quoted`` the deepest valid price of the book."""
     skip = consumed if consumed > 0 else 0.0
-    need = q
+    need = qty
+    taken = 0.0
     cost = 0.0
+    blocked = False
+    full = False
+    first_left = math.nan
+    last_taken = best
+    last_quoted = best
     for p, z in zip(pl, zl, strict=True):
         if not _positive(p):
             break
+        last_quoted = p
         if not _positive(z):
             continue
         if skip > 0.0:
@@ -414,11 +389,27 @@ def _walk_cost(pl: list, zl: list, consumed: float, q: float) -> tuple[float, fl
                 continue
             z -= skip
             skip = 0.0
+        if first_left != first_left:
+            first_left = p
+        if s * p > slimit:
+            blocked = True
+            break
+        last_taken = p
         if z >= need:
-            return cost + need * p, q
+            cost += need * p
+            taken += need
+            full = True
+            break
         cost += z * p
+        taken += z
         need -= z
-    return cost, q - need
+    return taken, cost, full, blocked, first_left, last_taken, last_quoted
+
+
+def _hidden_cost(price: float, h: float, depth: float, s_ak: float, e: float) -> float:
+    """What ``h`` of hidden liquidity beyond ``depth`` of visible costs, from ``price`` on: the
+    integral of the marginal price ``price * (1 + s_ak * (x / depth) ** e)``."""
+    return price * (h + s_ak * depth / (e + 1.0) * (h / depth) ** (e + 1.0))
 
 
 def create_fill_model(cfg: FillModelConfig, seed: int) -> FillModel:
