@@ -12,11 +12,17 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from loguru import logger
 
 ENGINES = ("ray", "local")
 DEFAULT_ENGINE = "ray"
+DEFAULT_NAMESPACE = "arbitrage"
+#: flags that only mean something to the Ray engine (refused with --engine local)
+RAY_ONLY_FLAGS = (("ray_address", "--ray-address"), ("namespace", "--namespace"),
+                  ("monitoring_enabled", "--monitoring-enabled"),
+                  ("metrics_export_port", "--metrics-export-port"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help=f"execution engine (default {DEFAULT_ENGINE})")
     p.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
-    p.add_argument("--namespace", default="arbitrage", help="Ray namespace (default arbitrage)")
+    p.add_argument("--namespace", help=f"Ray namespace (default {DEFAULT_NAMESPACE})")
     p.add_argument("--data-source", choices=("mock", "replay", "real"), default="mock",
                    help="market data (default mock)")
     p.add_argument("--replay-path", help="Parquet file or directory of part-*.parquet to replay")
@@ -78,11 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kpi-output-path", help="write the KPI JSON here")
     p.add_argument("--log-dir", default="logs", help="trade logs go to <log-dir>/<run_id>/trades")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--version", action="version", version=_version(),
+                   help="print the version (and the git commit of a checkout) and exit")
     return p
+
+
+def _version() -> str:
+    from common.engine.report import code_version
+
+    v = code_version()
+    commit = f" (git {v['git_commit'][:10]}{', modified' if v['git_dirty'] else ''})" \
+        if v["git_commit"] else ""
+    return f"kimchi-paper {v['package']}{commit}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.engine == "local":
+        given = [flag for name, flag in RAY_ONLY_FLAGS if getattr(args, name)]
+        if given:
+            one = len(given) == 1
+            return _fail(f"{', '.join(given)}: only the Ray engine uses "
+                         f"{'this flag' if one else 'these flags'} "
+                         f"(drop {'it' if one else 'them'}, or run with --engine ray)")
     logger.remove()
     logger.add(sys.stderr, level="WARNING" if args.quiet else "INFO",
                format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
@@ -109,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     run_id = new_run_id()
     top_n = settings.topn_size
+    # the run's own log, in its folder: rotated by size for long live runs
+    logger.add(Path(args.log_dir) / run_id / "run.log", level="DEBUG",
+               rotation=f"{settings.log_rotation_mb} MB", retention=settings.log_retention_files,
+               format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}:{line} {message}")
 
     from common.engine.local import run_local
     from common.engine.pacing import paced
@@ -119,22 +147,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "ray":
         from actors.engine import RayEngineError, RayOptions, run_ray
 
-        opts = RayOptions(namespace=args.namespace, address=args.ray_address,
+        opts = RayOptions(namespace=args.namespace or DEFAULT_NAMESPACE, address=args.ray_address,
                           monitoring=args.monitoring_enabled,
                           metrics_export_port=args.metrics_export_port, progress=not args.quiet)
         try:
             run = run_ray(settings, source, run_id, args.log_dir, args.kpi_output_path, top_n, opts)
         except (DataSourceError, RayEngineError) as e:
             return _fail(str(e))
-        print(format_summary(run.report), flush=True)
+        _summary(format_summary(run.report))
         return 130 if run.stopped_by == "SIGINT" else 0
     try:
         report = run_local(settings, source, run_id, args.log_dir, args.kpi_output_path, top_n,
                            progress=not args.quiet)
     except DataSourceError as e:
         return _fail(str(e))
-    print(format_summary(report), flush=True)
+    _summary(format_summary(report))
     return 130 if report.get("interrupted") else 0
+
+
+def _summary(text: str) -> None:
+    """The KPI summary on stdout, and in the run's log (below the terminal's log level)."""
+    print(text, flush=True)
+    logger.debug("KPI summary\n{}", text)
 
 
 def _fail(message: str) -> int:

@@ -36,7 +36,7 @@ from common.engine.build import (
     straggler_ns,
     validate_batch,
 )
-from common.engine.report import build_report, write_kpi
+from common.engine.report import build_report, utc_now, write_kpi, write_run_folder
 from common.marketdata.batch import BookBatch
 from common.marketdata.validate import BookValidator
 from common.settings import Settings
@@ -286,13 +286,14 @@ def run_ray(settings: Settings, source: MarketSource, run_id: str, log_dir: str 
     """Run the paper session on Ray; the KPI report is returned (and written to ``kpi_path``)."""
     opts = opts or RayOptions()
     t0 = time.perf_counter()
+    started_utc = utc_now()
     started = ray_init(opts)
     ns = opts.namespace
     handles: dict[str, object] = {}
     try:
         with _Stop() as stop:
             run = _run(settings, source, run_id, Path(log_dir).resolve(), kpi_path, top_n, opts,
-                       ns, handles, stop, t0)
+                       ns, handles, stop, t0, started_utc)
     finally:
         for h in handles.values():
             try:
@@ -321,7 +322,8 @@ def _wait_names_released(namespace: str, names: list[str], timeout_s: float = 10
             time.sleep(0.05)
 
 
-def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, stop, t0):
+def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, stop, t0,
+         started_utc):
     there = _existing_run(ns)
     if there is not None:
         raise _already_there(ns, there, f"actor '{COORDINATOR}'")
@@ -458,8 +460,9 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
     report = build_report(kpi_report, coord_part, settings, run_id, wall_s, closed["jsonl_path"],
                           closed["parquet_path"], engine="ray", data_source=source.kind,
                           interrupted=stop.signal is not None)
-    # the run folder always holds its KPIs; --kpi-output-path writes a copy where asked
-    write_kpi(report, Path(log_dir) / run_id / "kpi.json")
+    # the run folder holds everything about the run; --kpi-output-path writes a copy
+    write_run_folder(Path(log_dir) / run_id, report, settings, source.kind, source.description,
+                     source.origin, ray.get(kpi.equity_table.remote()), started_utc)
     if kpi_path:
         write_kpi(report, kpi_path)
     calls = {"driver": driver_calls, "to_symbols": cstats["calls_to_symbols"],

@@ -50,6 +50,9 @@ class KpiActor:
     def report(self) -> dict:
         return self.kpi.report()
 
+    def equity_table(self) -> dict:
+        return self.kpi.equity_table()
+
     def pid(self) -> int:
         return os.getpid()
 

@@ -392,6 +392,11 @@ class Settings(BaseSettings):
     live_feed_process: bool = Field(
         True, description="parse live books in a process of their own (false: in a thread)")
 
+    # --- run folder -------------------------------------------------------------------------
+    log_rotation_mb: int = Field(100, ge=1, description="run.log rolls over at this size (MB)")
+    log_retention_files: int = Field(
+        10, ge=1, description="rolled-over run.log files kept per run")
+
     # --- engine -----------------------------------------------------------------------------
     batch_rows: int = Field(65536, ge=1, description="rows per market-data batch")
     snapshot_every_chunks: int = Field(20, ge=1, description="symbol actor snapshot cadence")

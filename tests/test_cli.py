@@ -109,3 +109,42 @@ def test_sigint_stops_cleanly_with_complete_outputs(tmp_path):
     assert len(rows) == k["trades_executed"]
     assert pq.read_table(jsonl.with_suffix(".parquet")).num_rows == len(rows)
     assert "KPI summary" in out
+
+
+def test_version_names_the_package():
+    p = run(["--version"])
+    assert p.returncode == 0 and p.stdout.startswith("kimchi-paper ")
+
+
+@pytest.mark.parametrize("flags", [["--ray-address", "127.0.0.1:6379"], ["--namespace", "x"],
+                                   ["--monitoring-enabled"], ["--metrics-export-port", "9999"],
+                                   ["--ray-address", "auto", "--monitoring-enabled"]])
+def test_ray_only_flags_are_refused_with_the_local_engine(tmp_path, flags):
+    one_line_error(run(["--engine", "local", *flags], cwd=tmp_path), flags[0], "--engine ray")
+
+
+def test_the_run_folder_holds_everything_about_the_run(tmp_path):
+    import pyarrow.parquet as pq
+
+    p = run(["--engine", "local", "--run-duration-seconds", "900", "--volatility", "4",
+             "--quiet", "--log-dir", str(tmp_path / "logs")], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    (run_dir,) = list((tmp_path / "logs").iterdir())
+    names = {x.name for x in run_dir.iterdir()}
+    assert {"trades", "kpi.json", "settings.json", "run.json", "equity.parquet",
+            "run.log"} <= names
+    kpi = json.loads((run_dir / "kpi.json").read_text())
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["run_id"] == kpi["run_id"] == run_dir.name and info["engine"] == "local"
+    assert info["data_source"]["kind"] == "mock" and info["data_source"]["seed"] == 7
+    assert info["data_source"]["volatility"] == 4.0
+    first, last = info["event_time_span_ns"]
+    assert 0 < first < last and (last - first) / 1e9 == pytest.approx(900, abs=1)
+    assert info["code_version"]["package"]
+    assert json.loads((run_dir / "settings.json").read_text()) == kpi["settings"]
+    eq = pq.read_table(run_dir / "equity.parquet").to_pydict()
+    assert kpi["trades_executed"] > 0 and len(eq["t_ns"]) > 1
+    assert eq["equity_usd"][-1] == pytest.approx(kpi["total_pnl_usd"], abs=1e-9)
+    assert max(eq["drawdown_usd"]) == pytest.approx(kpi["max_drawdown_usd"], abs=1e-9)
+    log = (run_dir / "run.log").read_text()
+    assert run_dir.name in log and "KPI summary" in log

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -112,6 +113,9 @@ class MarketSource:
     on_drained: Callable[[str], None] | None = None
     #: exchange quantity steps per symbol (live data and its recordings): lots are multiples
     lot_steps: dict[str, float] = field(default_factory=dict)
+    #: where the data comes from, for the run folder: seed and volatility of the mock, the
+    #: replay's path, the live run's recording path
+    origin: dict = field(default_factory=dict)
 
     def batches(self) -> Iterator[tuple[BookBatch, dict[str, int]]]:
         return self._batches
@@ -168,7 +172,8 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
         gen = ((b, {}) for b in market.batches(seconds, batch_rows=s.batch_rows))
         return MarketSource("mock", symbols, market.symtab, gen,
                             f"mock market, {len(symbols)} symbols, {seconds:g} s, seed {s.seed}",
-                            seconds)
+                            seconds, origin={"seed": s.seed, "volatility": s.mock_volatility,
+                                             "seconds": seconds})
     if kind == "replay":
         if not replay_path:
             raise DataSourceError("--replay-path is required with --data-source replay")
@@ -200,7 +205,9 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                             f"replay of {replay_path} ({src.rows_total} rows), "
                             f"{len(symbols)} symbols", duration_s,
                             universe_events=_event_poller(events) if changes else None,
-                            lot_steps=recorded_lot_steps(events))
+                            lot_steps=recorded_lot_steps(events),
+                            origin={"path": str(Path(replay_path).resolve()),
+                                    "rows": src.rows_total})
     if kind == "real":
         from common.marketdata.live import open_live
 
@@ -212,7 +219,8 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                             f"USDT/KRW {sel.fx_krw:,.2f})"
                             + (f", recording to {record_path}" if record_path else ""),
                             duration_s, universe_events=_event_poller(live.topn_events),
-                            on_drained=live.release, lot_steps=dict(live.lot_steps))
+                            on_drained=live.release, lot_steps=dict(live.lot_steps),
+                            origin={"record_path": record_path})
     raise DataSourceError(f"--data-source: unknown source {kind!r} (choose from "
                           f"{', '.join(DATA_SOURCES)})")
 

@@ -183,6 +183,8 @@ class CoordinatorCore:
         self.fx_first: float = math.nan
         self.initial_price_usd: dict[tuple[str, str], float] = {}
         self.next_mark_ns: int = -1
+        self.first_event_ns: int = -1  # recv_ns of the first valid book
+        self.last_event_ns: int = -1  # recv_ns of the last book (valid or not)
         #: the entry rule's cost model holds still until this event time (the next mark)
         self._model_until: int = -1
         self.clock_ns: int = -1
@@ -230,7 +232,8 @@ class CoordinatorCore:
                 st.idle_frame = frame if mine.size == 0 else None
                 self._frames[st.name] = frame
         if self.next_mark_ns < 0 and len(top):
-            self.next_mark_ns = self._grid_after(int(top.recv_ns[0]))
+            self.first_event_ns = int(top.recv_ns[0])
+            self.next_mark_ns = self._grid_after(self.first_event_ns)
             self._model_until = self.next_mark_ns
         for st in self.symbols.values():
             frame = self._frames[st.name]
@@ -285,6 +288,7 @@ class CoordinatorCore:
         if self._fx_t.size:
             self.fx_carry = (int(self._fx_t[-1]), float(self._fx_mid[-1]))
         self.clock_ns = max(self.clock_ns, top.end_ns)
+        self.last_event_ns = max(self.last_event_ns, top.end_ns)
         return self.rows_out
 
     # -- TopN membership ------------------------------------------------------------------------
@@ -379,6 +383,7 @@ class CoordinatorCore:
             "clips": dict(sorted(self.risk.clips.items())),
             "balances": balances,
             "symbols": list(self.symbols),
+            "event_time_span_ns": [self.first_event_ns, self.last_event_ns],
         }
 
     def account(self) -> dict:

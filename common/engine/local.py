@@ -19,7 +19,13 @@ from common.engine.build import (
     validate_batch,
 )
 from common.engine.coordinator import CoordinatorCore
-from common.engine.report import ProgressLine, build_report, write_kpi
+from common.engine.report import (
+    ProgressLine,
+    build_report,
+    utc_now,
+    write_kpi,
+    write_run_folder,
+)
 from common.engine.stop import StopFlag
 from common.execution.executor import ExecutorFactory, PaperExecutor
 from common.marketdata.validate import BookValidator
@@ -67,6 +73,7 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     if universe_events is None:
         universe_events = source.universe_events
     t0 = time.perf_counter()
+    started_utc = utc_now()
     symtab = source.symtab
     symbol_ids = {s: symtab.id_of(s) for s in source.symbols}
     fx_id = symtab.fx_id
@@ -114,8 +121,9 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     report = build_report(kpi.report(), coord.report_part(), settings, run_id, wall_s,
                           trade_log.jsonl_path, trade_log.parquet_path, engine="local",
                           data_source=source.kind, interrupted=interrupted)
-    # the run folder always holds its KPIs; --kpi-output-path writes a copy where asked
-    write_kpi(report, Path(log_dir) / run_id / "kpi.json")
+    # the run folder holds everything about the run; --kpi-output-path writes a copy
+    write_run_folder(Path(log_dir) / run_id, report, settings, source.kind, source.description,
+                     source.origin, kpi.equity_table(), started_utc)
     if kpi_path:
         write_kpi(report, kpi_path)
     return report

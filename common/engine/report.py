@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from loguru import logger
 
 from common.reporting.kpi import KpiAccumulator, SymbolKpi
@@ -41,6 +44,70 @@ def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id:
         "settings": settings.effective(),
     })
     return rep
+
+
+def utc_now() -> str:
+    """The wall-clock time now, ISO-8601 UTC (a run's start in its folder)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def code_version() -> dict:
+    """The package version and, in a git checkout, the commit (and whether the tree differs)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("kimchi-paper")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    out: dict = {"package": version, "git_commit": None, "git_dirty": None}
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        try:
+            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                  capture_output=True, text=True, timeout=5)
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                    "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return out
+        if head.returncode == 0:
+            out["git_commit"] = head.stdout.strip()
+            out["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    return out
+
+
+def write_run_folder(run_dir: str | Path, report: dict, settings: Settings, source_kind: str,
+                     description: str, origin: dict, equity: dict[str, list],
+                     started_utc: str) -> None:
+    """Everything about a finished run in its folder, beside ``trades/`` and ``run.log``:
+    ``kpi.json``, ``settings.json`` (the effective settings), ``run.json`` (engine, code
+    version, data source and event-time span) and ``equity.parquet`` (equity and drawdown)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_kpi(report, run_dir / "kpi.json")
+    _write_json(run_dir / "settings.json", settings.effective())
+    first, last = report.get("event_time_span_ns", [-1, -1])
+    _write_json(run_dir / "run.json", {
+        "run_id": report["run_id"], "engine": report["engine"], "started_utc": started_utc,
+        "wall_seconds": report["wall_seconds"], "interrupted": report["interrupted"],
+        "code_version": code_version(),
+        "data_source": {"kind": source_kind, "description": description, **origin},
+        "event_time_span_ns": [first, last],
+        "symbols": report.get("symbols", []),
+    })
+    table = pa.table({"t_ns": pa.array(equity["t_ns"], pa.int64()),
+                      "equity_usd": pa.array(equity["equity_usd"], pa.float64()),
+                      "drawdown_usd": pa.array(equity["drawdown_usd"], pa.float64())})
+    tmp = run_dir / "equity.parquet.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, run_dir / "equity.parquet")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False,
+                              default=_json_default))
+    os.replace(tmp, path)
 
 
 def write_kpi(report: dict, path: str | Path) -> None:
@@ -148,4 +215,5 @@ class ProgressLine:
                     kpi.events_processed / max(now - self._t0, 1e-9))
 
 
-__all__ = ["ProgressLine", "build_report", "format_summary", "write_kpi"]
+__all__ = ["ProgressLine", "build_report", "code_version", "format_summary", "utc_now", "write_kpi",
+           "write_run_folder"]

@@ -105,6 +105,17 @@ class SymbolKpi:
         self.edges = self.edges + o.edges
         self.tick_to_fill.merge(o.tick_to_fill)
 
+    def equity_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(event times ns, total PnL USD) of the equity curve: samples at the same instant
+        (e.g. every symbol at a mark) are one point."""
+        eq = self.equity
+        if not eq:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        times, inv = np.unique(np.array([t for t, _ in eq], dtype=np.int64), return_inverse=True)
+        step = np.zeros(times.size)
+        np.add.at(step, inv, np.array([d for _, d in eq], dtype=float))
+        return times, np.cumsum(step)
+
     def report(self) -> dict:
         rts = sorted(self.round_trips)
         pnls = np.array([p for _, p, _ in rts], dtype=float)
@@ -113,14 +124,7 @@ class SymbolKpi:
         gross_win = float(pnls[pnls > 0].sum())
         gross_loss = float(-pnls[pnls < 0].sum())
         eq = self.equity
-        if eq:
-            # samples at the same instant (e.g. every symbol at a mark) are one point of the curve
-            times, inv = np.unique(np.array([t for t, _ in eq], dtype=np.int64), return_inverse=True)
-            step = np.zeros(times.size)
-            np.add.at(step, inv, np.array([d for _, d in eq], dtype=float))
-            curve = np.cumsum(step)
-        else:
-            curve = np.zeros(0)
+        _, curve = self.equity_curve()
         peak = np.maximum.accumulate(np.concatenate(([0.0], curve)))
         drawdown = float((peak - np.concatenate(([0.0], curve))).max()) if eq else 0.0
         return {
@@ -252,6 +256,14 @@ class KpiAccumulator:
         for sym in sorted(self.per_symbol):
             total.merge(self.per_symbol[sym])
         return total
+
+    def equity_table(self) -> dict[str, list]:
+        """The run's equity and drawdown series as columns (``t_ns``, ``equity_usd``,
+        ``drawdown_usd``): what the run folder's ``equity.parquet`` holds."""
+        t, curve = self.totals().equity_curve()
+        peak = np.maximum.accumulate(np.maximum(curve, 0.0)) if curve.size else curve
+        return {"t_ns": t.tolist(), "equity_usd": curve.tolist(),
+                "drawdown_usd": (peak - curve).tolist()}
 
     def report(self) -> dict:
         """The KPI figures (run-level fields such as wall time are added by the engine)."""
