@@ -36,7 +36,13 @@ from common.engine.build import (
     straggler_ns,
     validate_batch,
 )
-from common.engine.report import build_report, utc_now, write_kpi, write_run_folder
+from common.engine.report import (
+    add_statistics,
+    build_report,
+    utc_now,
+    write_kpi,
+    write_run_folder,
+)
 from common.marketdata.batch import BookBatch
 from common.marketdata.validate import BookValidator
 from common.settings import Settings
@@ -460,9 +466,11 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
     report = build_report(kpi_report, coord_part, settings, run_id, wall_s, closed["jsonl_path"],
                           closed["parquet_path"], engine="ray", data_source=source.kind,
                           interrupted=stop.signal is not None)
+    equity = ray.get(kpi.equity_table.remote())
+    add_statistics(report, equity)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
     write_run_folder(Path(log_dir) / run_id, report, settings, source.kind, source.description,
-                     source.origin, ray.get(kpi.equity_table.remote()), started_utc)
+                     source.origin, equity, started_utc)
     if kpi_path:
         write_kpi(report, kpi_path)
     calls = {"driver": driver_calls, "to_symbols": cstats["calls_to_symbols"],

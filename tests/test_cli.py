@@ -148,3 +148,17 @@ def test_the_run_folder_holds_everything_about_the_run(tmp_path):
     assert max(eq["drawdown_usd"]) == pytest.approx(kpi["max_drawdown_usd"], abs=1e-9)
     log = (run_dir / "run.log").read_text()
     assert run_dir.name in log and "KPI summary" in log
+    # the statistics recomputed from the folder's files alone equal the run's own
+    import numpy as np
+
+    from common.reporting.stats import statistics
+    from common.reporting.trade_log import read_trade_log
+
+    (jsonl,) = list((run_dir / "trades").glob("*.jsonl"))
+    again = statistics(read_trade_log(jsonl), np.array(eq["t_ns"]), np.array(eq["equity_usd"]),
+                       first, last, kpi["account_value_start_usd"])
+    assert again == kpi["statistics"] and again["round_trips"] == kpi["round_trips_completed"]
+    assert again["max_drawdown_usd"] == pytest.approx(kpi["max_drawdown_usd"], abs=1e-9)
+    assert again["sharpe_round_trips"] == pytest.approx(kpi["sharpe_round_trips"], rel=1e-9)
+    assert again["profit_factor"] == pytest.approx(kpi["profit_factor"], rel=1e-9)
+    assert "Sharpe / Sortino" in p.stdout and "profit factor" in p.stdout

@@ -21,6 +21,7 @@ from common.engine.build import (
 from common.engine.coordinator import CoordinatorCore
 from common.engine.report import (
     ProgressLine,
+    add_statistics,
     build_report,
     utc_now,
     write_kpi,
@@ -121,9 +122,11 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     report = build_report(kpi.report(), coord.report_part(), settings, run_id, wall_s,
                           trade_log.jsonl_path, trade_log.parquet_path, engine="local",
                           data_source=source.kind, interrupted=interrupted)
+    equity = kpi.equity_table()
+    add_statistics(report, equity)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
     write_run_folder(Path(log_dir) / run_id, report, settings, source.kind, source.description,
-                     source.origin, kpi.equity_table(), started_utc)
+                     source.origin, equity, started_utc)
     if kpi_path:
         write_kpi(report, kpi_path)
     return report

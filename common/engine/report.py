@@ -8,11 +8,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from loguru import logger
 
 from common.reporting.kpi import KpiAccumulator, SymbolKpi
+from common.reporting.stats import statistics
+from common.reporting.trade_log import read_trade_log
 from common.settings import Settings
 
 
@@ -44,6 +47,17 @@ def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id:
         "settings": settings.effective(),
     })
     return rep
+
+
+def add_statistics(report: dict, equity: dict[str, list]) -> dict:
+    """Put the run's statistics (``common.reporting.stats``) into its report, computed from its
+    trade log file and equity series exactly as a later re-analysis of the run folder does."""
+    rows = read_trade_log(report["trade_log_path"])
+    first, last = report.get("event_time_span_ns", [-1, -1])
+    report["statistics"] = statistics(rows, np.asarray(equity["t_ns"], dtype=np.int64),
+                                      np.asarray(equity["equity_usd"], dtype=float), first, last,
+                                      report["account_value_start_usd"])
+    return report
 
 
 def utc_now() -> str:
@@ -170,6 +184,27 @@ def format_summary(rep: dict) -> str:
         ("wall time", _fmt(rep["wall_seconds"], " s")),
         ("trade log", rep["trade_log_path"]),
     ]
+    st = rep.get("statistics") or {}
+    if st:
+        at = next(i for i, (k, _) in enumerate(lines) if k == "fees")
+        lines[at:at] = [
+            ("Sharpe / Sortino, round trips", f"{_fmt(st['sharpe_round_trips'])} / "
+                                              f"{_fmt(st['sortino_round_trips'])}"),
+            ("Sharpe / Sortino, minutes (ann.)", f"{_fmt(st['sharpe_minute_annualised'])} / "
+                                                 f"{_fmt(st['sortino_minute_annualised'])}"
+                                                 "  (365-day year)"),
+            ("profit factor / expectancy", f"{_fmt(st['profit_factor'])} / "
+                                           f"{_fmt(st['expectancy_usd'], ' USD')}"),
+            ("best / worst round trip", f"{_fmt(st['best_round_trip_usd'])} / "
+                                        f"{_fmt(st['worst_round_trip_usd'])} USD"),
+            ("holding avg / longest", f"{_fmt(st['avg_holding_s'])} / "
+                                      f"{_fmt(st['longest_holding_s'])} s"),
+            ("turnover / trades per hour", f"{_fmt(st['turnover_usd'], ' USD')} / "
+                                           f"{_fmt(st['trades_per_hour'])}"),
+        ]
+        at = next(i for i, (k, _) in enumerate(lines) if k == "max drawdown")
+        lines[at] = ("max drawdown", f"{_fmt(rep['max_drawdown_usd'], ' USD')}, longest "
+                                     f"{_fmt(st['max_drawdown_duration_s'])} s under a peak")
     buckets = rep.get("edge_by_entry_bucket") or {}
     if buckets:
         at = next(i for i, (k, _) in enumerate(lines) if k == "risk refusals")
@@ -215,5 +250,5 @@ class ProgressLine:
                     kpi.events_processed / max(now - self._t0, 1e-9))
 
 
-__all__ = ["ProgressLine", "build_report", "code_version", "format_summary", "utc_now", "write_kpi",
+__all__ = ["ProgressLine", "add_statistics", "build_report", "code_version", "format_summary", "utc_now", "write_kpi",
            "write_run_folder"]
