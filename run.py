@@ -2,6 +2,9 @@
 
     python run.py                                   # mock market, one hour of event time
     python run.py --data-source replay --replay-path books.parquet --kpi-output-path k.json
+    python run.py runs                              # the past runs under logs/
+    python run.py compare logs/A logs/B             # two runs' KPIs side by side
+    python run.py show-config                       # the effective settings and their sources
 
 Every problem with the input (flags, environment, files) ends the run with exit code 2 and one
 line naming what is wrong. See README.md for every flag and ../.env.paper for every setting.
@@ -10,6 +13,7 @@ line naming what is wrong. See README.md for every flag and ../.env.paper for ev
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -56,9 +60,30 @@ def _int(name: str):
     return parse
 
 
+#: subcommands; anything else is the default one, ``run`` (so ``python run.py`` keeps working)
+SUBCOMMANDS = ("run", "runs", "compare", "show-config")
+
+EPILOG = """subcommands (the default is run):
+  run.py [run] [flags]        run the paper trader (the flags above)
+  run.py runs [--log-dir D]   list the past runs: id, start, engine, data, round trips, PnL
+  run.py compare A B [...]    KPIs of run folders side by side, with differences to A
+  run.py show-config          the effective settings and where each came from
+
+examples:
+  run.py --engine local --volatility 5 --run-duration-seconds 600
+  run.py --data-source replay --replay-path books.parquet --kpi-output-path k.json
+  run.py --engine local --data-source real --topn-size 5 --record-path rec/today
+  FILL_MODEL_KIND=simple ENTRY_MARGIN_BPS=10 run.py --env-file my.env
+
+settings: every field of .env.paper is an environment variable (SETTLE_MS, ENTRY_MARGIN_BPS,
+MOCK_VOLATILITY, UPBIT_LATENCY_MS, FEED_LATENCY_BOUND_MS, ...); flags override the
+environment, which overrides the env file (.env.<ARBITRAGE_ENV>, or --env-file).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="run.py", description="Kimchi-premium arbitrage paper trader (Upbit KRW vs "
-                "Binance USDT).")
+                "Binance USDT).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help=f"execution engine (default {DEFAULT_ENGINE})")
     p.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
@@ -82,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-export-port", type=_int("--metrics-export-port"),
                    help="Prometheus metrics port of the embedded Ray node (default: Ray picks)")
     p.add_argument("--kpi-output-path", help="write the KPI JSON here")
-    p.add_argument("--log-dir", default="logs", help="trade logs go to <log-dir>/<run_id>/trades")
+    p.add_argument("--log-dir", default="logs", help="run folders go to <log-dir>/<run_id>/ (default logs)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--env-file", help="read settings from this file instead of .env.<ARBITRAGE_ENV>")
     p.add_argument("--version", action="version", version=_version(),
                    help="print the version (and the git commit of a checkout) and exit")
     return p
@@ -99,6 +125,72 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        cmd, argv = argv[0], argv[1:]
+        if cmd == "runs":
+            return _runs(argv)
+        if cmd == "compare":
+            return _compare(argv)
+        if cmd == "show-config":
+            return _show_config(argv)
+    return _run(argv)
+
+
+def cli() -> None:
+    """The ``kimchi-paper`` console script: ``python run.py`` under another name."""
+    sys.exit(main())
+
+
+def _runs(argv: list[str]) -> int:
+    p = _Parser(prog="run.py runs", description="List the past runs under a log directory.")
+    p.add_argument("--log-dir", default="logs", help="where the run folders are (default logs)")
+    args = p.parse_args(argv)
+    from common.reporting.runs import RunFolderError, format_runs, list_runs
+
+    try:
+        print(format_runs(list_runs(args.log_dir)))
+    except RunFolderError as e:
+        return _fail(str(e))
+    return 0
+
+
+def _compare(argv: list[str]) -> int:
+    p = _Parser(prog="run.py compare", description="Put the KPIs of run folders side by side, "
+                "each with its difference to the first.")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
+    args = p.parse_args(argv)
+    if len(args.run_dirs) < 2:
+        return _fail("compare: give two run folders or more (e.g. logs/<run_id> logs/<run_id>)")
+    from common.reporting.runs import RunFolderError, format_compare, load_run
+
+    try:
+        print(format_compare([load_run(d) for d in args.run_dirs]))
+    except RunFolderError as e:
+        return _fail(str(e))
+    return 0
+
+
+def _show_config(argv: list[str]) -> int:
+    p = _Parser(prog="run.py show-config", description="Print the effective settings and where "
+                "each came from (default, env file, environment).")
+    p.add_argument("--env-file", help="read settings from this file instead of .env.<ARBITRAGE_ENV>")
+    args = p.parse_args(argv)
+    from common.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(env_file=args.env_file)
+        sources = Settings.sources(env_file=args.env_file)
+    except SettingsError as e:
+        return _fail(str(e))
+    values = settings.effective()
+    width = max(len(k) for k in values)
+    for name in sorted(values):
+        print(f"{name.upper().ljust(width)} = {json.dumps(values[name])}  ({sources[name]})")
+    return 0
+
+
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.engine == "local":
         given = [flag for name, flag in RAY_ONLY_FLAGS if getattr(args, name)]
@@ -118,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"topn_size": args.topn_size, "seed": args.seed, "symbols": args.symbols,
                  "mock_volatility": args.volatility}
     try:
-        settings = Settings.from_env(overrides={k: v for k, v in overrides.items() if v is not None})
+        settings = Settings.from_env(overrides={k: v for k, v in overrides.items() if v is not None},
+                                     env_file=args.env_file)
     except SettingsError as e:
         return _fail(str(e))
     if args.volatility is not None and args.data_source != "mock":

@@ -512,6 +512,32 @@ class Settings(BaseSettings):
             source = str(path) if path is not None else "environment"
             raise SettingsError(f"{source}: cannot read ({exc})", source) from None
 
+    @classmethod
+    def sources(cls, env_file: str | os.PathLike[str] | None = None) -> dict[str, str]:
+        """Where each setting of ``from_env`` (without overrides) comes from: ``environment``,
+        the env file's path, or ``default``."""
+        env_names = {name.lower() for name in os.environ}
+        path: Path | None
+        if env_file is not None:
+            path = Path(env_file)
+        else:
+            path = env_file_for(_arbitrage_env_from({}))
+            path = path if os.path.lexists(path) else None
+        in_file: set[str] = set()
+        if path is not None:
+            _check_env_file(path)
+            text = path.read_bytes().decode(_FILE_ENCODING)
+            in_file = {b.key.lower() for b in parse_stream(io.StringIO(text)) if b.key}
+        out = {}
+        for name in cls.model_fields:
+            if name in env_names:
+                out[name] = "environment"
+            elif name in in_file:
+                out[name] = str(path)
+            else:
+                out[name] = "default"
+        return out
+
     def effective(self) -> dict[str, Any]:
         """All settings as a JSON-serialisable dict (tuples become lists), secrets left out."""
         data = self.model_dump(mode="json")
