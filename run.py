@@ -200,7 +200,10 @@ def _run(argv: list[str]) -> int:
                          f"{'this flag' if one else 'these flags'} "
                          f"(drop {'it' if one else 'them'}, or run with --engine ray)")
     logger.remove()
+    # progress lines reach the terminal only when it is one (a log file gets them in run.log)
+    on_tty = sys.stderr.isatty()
     logger.add(sys.stderr, level="WARNING" if args.quiet else "INFO",
+               filter=lambda r: on_tty or not r["extra"].get("progress"),
                format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
 
     from common.engine.build import new_run_id, open_source

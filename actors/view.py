@@ -8,6 +8,8 @@ import time
 
 from loguru import logger
 
+from common.engine.report import progress_text
+
 
 class LiveView:
     """Fed the coordinator's per-batch status; draws at most every ``every_s`` wall seconds."""
@@ -57,15 +59,13 @@ class LiveView:
             return
         now = now or time.perf_counter()
         ev_s = (status["clock_ns"] - (self._start_ns or status["clock_ns"])) / 1e9
-        pct = f" ({100 * ev_s / self.duration_s:.0f}%)" if self.duration_s else ""
-        rate = self.events / max(now - self._t0, 1e-9)
         syms = status["symbols"]
         pnl = sum(s["pnl_usd"] for s in syms.values())
-        head = (f"event time +{ev_s:.0f}s{pct} | events {self.events:,} (rejected "
-                f"{self.rejected:,}) | trades {self.trades:,} | PnL {pnl:,.2f} USD | "
-                f"{rate:,.0f} events/s")
+        head = progress_text(ev_s, self.duration_s, self.events, self.rejected, self.trades, pnl,
+                             now - self._t0)
         if not self.tty:
-            logger.info(head)
+            # bound as progress: the terminal shows it only when it is one (run.log always)
+            logger.bind(progress=True).info(head)
             return
         ranked = sorted(syms.items(), key=lambda kv: (-abs(kv[1]["pnl_usd"]), kv[0]))
         lines = [head, f"{'symbol':<8} {'premium bps':>12} {'pos upbit':>14} {'pos binance':>14} "

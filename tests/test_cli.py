@@ -162,3 +162,15 @@ def test_the_run_folder_holds_everything_about_the_run(tmp_path):
     assert again["sharpe_round_trips"] == pytest.approx(kpi["sharpe_round_trips"], rel=1e-9)
     assert again["profit_factor"] == pytest.approx(kpi["profit_factor"], rel=1e-9)
     assert "Sharpe / Sortino" in p.stdout and "profit factor" in p.stdout
+
+
+def test_progress_goes_to_the_run_log_and_stays_off_a_terminal_that_is_not_one(tmp_path):
+    # captured output is not a terminal: no progress lines there, but run.log has them, with
+    # the event time of the total and an ETA
+    p = run(["--engine", "local", "--run-duration-seconds", "10800", "--log-dir",
+             str(tmp_path / "logs")], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "event time +" not in p.stderr
+    (run_dir,) = list((tmp_path / "logs").iterdir())
+    progress = [x for x in (run_dir / "run.log").read_text().splitlines() if "event time +" in x]
+    assert progress and all("of 10,800s" in x and "events/s" in x for x in progress)

@@ -221,6 +221,21 @@ def format_summary(rep: dict) -> str:
     return f"{bar}\nKPI summary\n{bar}\n{body}\n{bar}"
 
 
+def progress_text(event_s: float, duration_s: float | None, events: int, rejected: int,
+                  trades: int, pnl_usd: float, wall_s: float) -> str:
+    """One progress line: event time done (of the total, with an ETA at the current pace),
+    events, trades, PnL and events per wall second."""
+    done = f"event time +{event_s:,.0f}s"
+    if duration_s:
+        done += f" of {duration_s:,.0f}s ({100 * event_s / duration_s:.0f}%"
+        pace = event_s / wall_s if wall_s > 0 else 0.0
+        if pace > 0 and event_s < duration_s:
+            done += f", ETA {(duration_s - event_s) / pace:,.0f}s"
+        done += ")"
+    return (f"{done} | events {events:,} (rejected {rejected:,}) | trades {trades:,} | "
+            f"PnL {pnl_usd:,.2f} USD | {events / max(wall_s, 1e-9):,.0f} events/s")
+
+
 class ProgressLine:
     """Logs one progress line every few wall seconds during a long run."""
 
@@ -242,13 +257,12 @@ class ProgressLine:
             return
         self._next = now + self.every_s
         ev_s = (coord.clock_ns - (self._start_ns or coord.clock_ns)) / 1e9
-        pct = f" ({100 * ev_s / self.duration_s:.0f}%)" if self.duration_s else ""
         pnl = sum(st.pnl_sampled for st in coord.symbols.values())
-        logger.info("event time +{:.0f}s{} | events {:,} (rejected {:,}) | trades {:,} | "
-                    "PnL {:,.2f} USD | {:,.0f} events/s", ev_s, pct, kpi.events_processed,
-                    sum(kpi.events_rejected.values()), rows, pnl,
-                    kpi.events_processed / max(now - self._t0, 1e-9))
+        # bound as progress: the terminal shows it only when it is one (run.log always)
+        logger.bind(progress=True).info(progress_text(
+            ev_s, self.duration_s, kpi.events_processed, sum(kpi.events_rejected.values()),
+            rows, pnl, now - self._t0))
 
 
-__all__ = ["ProgressLine", "add_statistics", "build_report", "code_version", "format_summary", "utc_now", "write_kpi",
+__all__ = ["ProgressLine", "add_statistics", "progress_text", "build_report", "code_version", "format_summary", "utc_now", "write_kpi",
            "write_run_folder"]
