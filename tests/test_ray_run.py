@@ -49,7 +49,10 @@ def running(p: subprocess.Popen, err: Path):
     def check():
         if p.poll() is not None:
             raise AssertionError(f"run.py ended early ({p.returncode}): {err.read_text()[-800:]}")
-        return "event time" in err.read_text()  # the feed is running and reporting progress
+        # the feed is running and reporting progress: in the run's log (the captured stderr is
+        # not a terminal, so progress lines stay off it)
+        logs = err.parent / "logs"
+        return any("event time" in f.read_text() for f in logs.glob("*/run.log"))
     return check
 
 
