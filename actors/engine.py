@@ -29,22 +29,18 @@ from actors.symbol import FeedPart, SymbolActor
 from actors.view import LiveView
 from common.engine.build import (
     MarketSource,
-    depth_cost,
+    book_checks,
     executor_rows,
     fee_schedule,
     fill_model_config,
-    straggler_ns,
     validate_batch,
 )
 from common.engine.report import (
-    add_statistics,
     build_report,
+    finish_run,
     utc_now,
-    write_kpi,
-    write_run_folder,
 )
 from common.marketdata.batch import BookBatch
-from common.marketdata.validate import BookValidator
 from common.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -380,8 +376,7 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
         opts.on_started(dict(handles))
 
     view = LiveView(source.duration_s, live=opts.monitoring, enabled=opts.progress)
-    validator = BookValidator(straggler_ns(settings))
-    depth = depth_cost(settings)
+    validator, depth = book_checks(settings)
     inflight: deque = deque()
     # live books come a row or two at a time: pipelining them only queues them (measured: p50
     # tick-to-fill 115 ms with one batch in flight, 230-300 ms with four)
@@ -466,13 +461,9 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
     report = build_report(kpi_report, coord_part, settings, run_id, wall_s, closed["jsonl_path"],
                           closed["parquet_path"], engine="ray", data_source=source.kind,
                           interrupted=stop.signal is not None)
-    equity = ray.get(kpi.equity_table.remote())
-    add_statistics(report, equity)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
-    write_run_folder(Path(log_dir) / run_id, report, settings, source.kind, source.description,
-                     source.origin, equity, started_utc)
-    if kpi_path:
-        write_kpi(report, kpi_path)
+    finish_run(report, ray.get(kpi.equity_table.remote()), settings, source, Path(log_dir) / run_id, kpi_path,
+               started_utc)
     calls = {"driver": driver_calls, "to_symbols": cstats["calls_to_symbols"],
              "to_sinks": cstats["calls_to_sinks"], "recoveries": cstats["recoveries"],
              "snapshots": cstats["snapshots"], "batches": cstats["batches"],

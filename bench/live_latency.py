@@ -40,16 +40,14 @@ sys.path.insert(0, str(ROOT))
 from loguru import logger  # noqa: E402
 
 from common.engine.build import (  # noqa: E402
+    book_checks,
     coordinator_config,
-    depth_cost,
-    straggler_ns,
     validate_batch,
 )
 from common.engine.coordinator import CoordinatorCore  # noqa: E402
 from common.engine.local import LocalExecution  # noqa: E402
 from common.marketdata.live import LiveConfig, LiveSource  # noqa: E402
 from common.marketdata.live_process import LiveFeedProcess  # noqa: E402
-from common.marketdata.validate import BookValidator  # noqa: E402
 from common.reporting.kpi import KpiAccumulator  # noqa: E402
 from common.settings import Settings  # noqa: E402
 
@@ -114,8 +112,7 @@ def run_once(symbols: int, rate_hz: float, seconds: float, feed_kind: str = "pro
         kpi = KpiAccumulator()
         coord = CoordinatorCore(coordinator_config(s, src.lot_steps), names, ids,
                                 src.symtab.fx_id, port, kpi, session_id="bench")
-        validator = BookValidator(straggler_ns(s))
-        depth = depth_cost(s)
+        validator, depth = book_checks(s)
         feed: list[int] = []
         engine: list[int] = []  # engine time per batch: validate + executors + coordinator
         rows = batches = 0

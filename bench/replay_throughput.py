@@ -102,15 +102,19 @@ def _best(col) -> np.ndarray:
     return out
 
 
-def engine_e2e(path: Path, tmp: Path) -> tuple[float, dict]:
+def engine_e2e(path: Path, tmp: Path, tag: str = "kpi",
+               env: dict | None = None) -> tuple[float, dict]:
+    """``run.py --engine local`` on the file as a process (extra environment ``env``):
+    (wall seconds, KPI report)."""
     import json
+    import os
 
-    kpi = tmp / "kpi.json"
+    kpi = tmp / f"{tag}.json"
     t = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "run.py"), "--engine", "local", "--data-source",
                     "replay", "--replay-path", str(path), "--kpi-output-path", str(kpi),
                     "--log-dir", str(tmp / "logs"), "--quiet"], check=True,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     return time.perf_counter() - t, json.loads(kpi.read_text())
 
 

@@ -20,8 +20,6 @@ Targets (issue 11): per-trade cost <= 100 us; engine end to end >= 1.0x the bare
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from bench.replay_throughput import bare_loop, engine_alone  # noqa: E402
+from bench.replay_throughput import bare_loop, engine_alone, engine_e2e  # noqa: E402
 from common.marketdata.mock import MockConfig, MockMarket, mock_universe_topn  # noqa: E402
 from common.marketdata.replay import write_replay  # noqa: E402
 
@@ -61,18 +59,6 @@ def make_file(path: Path, rows: int, n_symbols: int, volatility: float) -> float
     return (t[-1] - t[0]) / 1e9
 
 
-def e2e(path: Path, tmp: Path, tag: str, env: dict | None = None) -> tuple[float, dict]:
-    import os
-
-    kpi = tmp / f"{tag}.json"
-    t = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "run.py"), "--engine", "local", "--data-source",
-                    "replay", "--replay-path", str(path), "--kpi-output-path", str(kpi),
-                    "--log-dir", str(tmp / "logs"), "--quiet"], check=True,
-                   stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-    return time.perf_counter() - t, json.loads(kpi.read_text())
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -91,8 +77,8 @@ def main() -> int:
           f"{a.volatility:g}) in {time.perf_counter() - t:.1f} s")
 
     bare, signals = bare_loop(path)
-    on, k_on = e2e(path, tmp, "on")
-    off, k_off = e2e(path, tmp, "off", NO_TRADING)
+    on, k_on = engine_e2e(path, tmp, "on")
+    off, k_off = engine_e2e(path, tmp, "off", NO_TRADING)
     trades = k_on["trades_executed"]
     assert k_off["trades_executed"] == 0
     mem_on, _, r_on = min((engine_alone(path, tmp) for _ in range(2)), key=lambda x: x[0])

@@ -23,6 +23,7 @@ from common.portfolio.state import FeeSchedule
 from common.reporting.trade_log import read_trade_log
 from common.settings import Settings
 from common.strategy.costs import CostModel, CostModelConfig
+from common.strategy.signals import StrategyConfig
 from common.types import Trade, floor_lot
 from tests.books import T0, S, book, fx, premium_rows, run_rows, to_batch
 from tests.ray_helpers import account_gap
@@ -271,7 +272,7 @@ def test_entry_needs_the_edge_net_of_the_levels_expected_drift():
 
 def test_cost_model_learns_from_what_it_observes():
     m = CostModel(CostModelConfig(prior_weight=2.0, drift_ratio_prior=0.3,
-                                  latency_cost_prior_bps=0.5, exit_deviation_prior_bps=5.0))
+                                  latency_cost_prior_bps=0.5), StrategyConfig(exit_band_bps=5.0))
     for _ in range(200):
         m.observe_round_trip(60.0, 24.0, -3.0)  # the level gave back 40 %, overshoot at exit
         m.observe_leg(2.0)

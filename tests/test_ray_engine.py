@@ -132,15 +132,13 @@ def test_kill_during_snapshot_with_the_port_driven_here(tmp_path):
     from actors.port import RayExecutionPort
     from actors.symbol import SymbolActor
     from common.engine.build import (
+        book_checks,
         coordinator_config,
-        depth_cost,
         fee_schedule,
         fill_model_config,
-        straggler_ns,
         validate_batch,
     )
     from common.engine.coordinator import CoordinatorCore
-    from common.marketdata.validate import BookValidator
     from common.reporting.kpi import KpiAccumulator
 
     s = settings()
@@ -177,8 +175,7 @@ def test_kill_during_snapshot_with_the_port_driven_here(tmp_path):
     kpi = KpiAccumulator()
     core = CoordinatorCore(coordinator_config(s), src.symbols, ids, src.symtab.fx_id, port, kpi,
                            session_id="port")
-    validator = BookValidator(straggler_ns(s))
-    depth = depth_cost(s)
+    validator, depth = book_checks(s)
     rows = []
     try:
         for k, (batch, pre) in enumerate(x for x in src.batches() if len(x[0])):

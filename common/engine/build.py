@@ -59,12 +59,9 @@ def coordinator_config(s: Settings, lot_steps: dict[str, float] | None = None) -
             exit_band_bps=s.exit_band_bps, stop_loss_bps=s.stop_loss_bps,
             max_holding_s=s.max_holding_s, trade_notional_usd=s.trade_notional_usd,
         ),
-        costs=CostModelConfig(
-            upbit_fee_bps=s.upbit_fee_bps, binance_fee_bps=s.binance_fee_bps,
-            entry_margin_bps=s.entry_margin_bps, drift_ratio_prior=s.level_drift_prior,
-            exit_deviation_prior_bps=s.exit_band_bps,
-            latency_cost_prior_bps=s.latency_cost_prior_bps, prior_weight=s.cost_prior_weight,
-        ),
+        costs=CostModelConfig(drift_ratio_prior=s.level_drift_prior,
+                              latency_cost_prior_bps=s.latency_cost_prior_bps,
+                              prior_weight=s.cost_prior_weight),
         limits=RiskLimits(
             max_notional_per_trade_usd=s.max_notional_per_trade_usd,
             max_exposure_per_symbol_usd=s.max_exposure_per_symbol_usd,
@@ -88,9 +85,11 @@ def straggler_ns(s: Settings) -> int:
     return int(round(s.feed_latency_bound_ms * 1e6))
 
 
-def depth_cost(s: Settings) -> DepthCost:
-    """The entry rule's slippage estimate: one trade's notional taken from each book side."""
-    return DepthCost(s.trade_notional_usd, s.max_slippage_bps)
+def book_checks(s: Settings) -> tuple[BookValidator, DepthCost]:
+    """What every engine runs each batch through (``validate_batch``): the validator, with the
+    feed-latency bound for stragglers, and the entry rule's slippage estimate (one trade's
+    notional taken from each book side within the order's limit)."""
+    return BookValidator(straggler_ns(s)), DepthCost(s.trade_notional_usd, s.max_slippage_bps)
 
 
 def new_run_id() -> str:

@@ -133,7 +133,6 @@ class SymbolState:
     funded: bool = False
     status: str = FLAT
     direction: int = 0  # +1: sold upbit / bought binance; -1: the reverse
-    direction_closed: int = 0  # the direction of the round trip that closed last
     entry_premium: float = math.nan
     entry_ns: int = 0
     delta: list = field(default_factory=lambda: [0.0, 0.0])  # strategy coin position per venue
@@ -174,7 +173,7 @@ class CoordinatorCore:
         self.portfolio.fund("upbit", "KRW", cfg.initial_krw)
         self.portfolio.fund("binance", "USDT", cfg.initial_usdt)
         self.risk = RiskGuard(cfg.limits)
-        self.costs = CostModel(cfg.costs)
+        self.costs = CostModel(cfg.costs, cfg.strategy)
         self.declined_by_cost = 0
         self.symbols = {
             s: SymbolState(s, symbol_ids[s], LatencyModel(cfg.latency, cfg.seed, s)) for s in symbols
@@ -510,11 +509,8 @@ class CoordinatorCore:
         if idx.size == 0:
             return -1
         ds, db = frame.dev_sell_u[idx], frame.dev_buy_u[idx]
-        dev = np.where(ds >= db, ds, db) * 1e4
-        c = self.costs
-        net = (dev - c.exit_deviation_bps - c.drift_ratio * np.maximum(dev, 0.0) - c.fees_bps
-               - frame.slip_rt[idx] - 4.0 * c.latency_cost_bps)
-        ok = np.flatnonzero(net > c.cfg.entry_margin_bps)
+        net = self.costs.net_bps(np.where(ds >= db, ds, db) * 1e4, frame.slip_rt[idx])
+        ok = np.flatnonzero(net > self.costs.margin_bps)
         self.declined_by_cost += int(ok[0]) if ok.size else int(idx.size)
         return int(idx[ok[0]]) if ok.size else -1
 
@@ -524,12 +520,9 @@ class CoordinatorCore:
         self.costs.fold()
         self._model_until = t + int(self.cfg.mark_interval_s * 1e9)
         for st in self.symbols.values():
-            if (st.status == FLAT and st.active and st.funded and not st.pending
-                    and st.hedge_wait < 0 and st.name in self._frames):
-                frame = self._frames[st.name]
-                i = self._next_entry(st, frame, t)
-                if i >= 0:
-                    heapq.heappush(heap, (int(frame.t[i]), _DECIDE, i, st.name))
+            if (st.status == FLAT and st.active and not st.pending and st.hedge_wait < 0
+                    and st.name in self._frames):
+                self._push_next(heap, st, from_t=t)
 
     def _next_exit(self, st: SymbolState, frame: SymbolFrame) -> int:
         """The next event after the cursor where the exit rule fires (back within the band of
@@ -574,16 +567,11 @@ class CoordinatorCore:
                 # keeps the symbol open, so exits unwind it later
                 st.hedge_attempts = self.cfg.max_hedge_attempts
                 self._settle_status(st, t)
-            if not st.pending:
-                self._push_next(heap, st)
-            elif st.settle_at <= self._end_ns:
-                heapq.heappush(heap, (st.settle_at, _SETTLE, -1, st.name))
-            return
-        if st.status == FLAT and not st.active:
+        elif st.status == FLAT and not st.active:
             # it left TopN after this decision point was queued: no entry, only the drain
             self._drain(st)
             return
-        if st.status == FLAT:
+        elif st.status == FLAT:
             self._decide_entry(st, frame, i, t)
         else:
             self._decide_exit(st, frame, i, t)
@@ -830,7 +818,8 @@ class CoordinatorCore:
                 or self._imbalance(st) >= st.lot):
             st.status = OPEN
             return None
-        st.status, st.direction_closed, st.direction = FLAT, st.direction, 0
+        direction = st.direction
+        st.status, st.direction = FLAT, 0
         rt, st.rt = st.rt, None
         if rt is None or rt.notional_usd <= 0:
             return None  # an entry that filled nothing opened no round trip
@@ -843,7 +832,7 @@ class CoordinatorCore:
             realised = pnl / (rt.notional_usd / 2.0) * 1e4
             self.kpi.add_edge(st.name, rt.predicted.deviation_bps, rt.predicted.net_bps, realised)
             if math.isfinite(rt.exit_deviation_bps):
-                drift = (rt.level_exit - rt.level_entry) * 1e4 * st.direction_closed
+                drift = (rt.level_exit - rt.level_entry) * 1e4 * direction
                 self.costs.observe_round_trip(rt.predicted.deviation_bps, drift,
                                               rt.exit_deviation_bps)
         return pnl
@@ -861,17 +850,14 @@ class CoordinatorCore:
         return UPBIT if st.delta[UPBIT] < st.delta[BINANCE] else BINANCE
 
     # -- marks, PnL and equity -----------------------------------------------------------------
-    def _mark_symbol(self, st: SymbolState, frame: SymbolFrame, i: int, t: int,
-                     fx: float | None = None) -> float:
+    def _mark_symbol(self, st: SymbolState, frame: SymbolFrame, i: int, t: int) -> float:
         """Value at ``t`` of the strategy's coin position at executable prices (bid if long, ask
-        if short) of the books as of event ``i``, in USD, Upbit's at the latest FX as of ``t``
-        (``fx`` when the caller has it). NaN prices count as zero position value."""
+        if short) of the books as of event ``i``, in USD, Upbit's at the latest FX as of ``t``.
+        NaN prices count as zero position value."""
         du, db = st.delta
         if not (du or db):
             return 0.0
-        if fx is None:
-            fx = self._fx_at(t) if du else math.nan
-        return _position_value(du, db, *frame.books_at(i), fx)
+        return _position_value(du, db, *frame.books_at(i), self._fx_at(t) if du else math.nan)
 
     def _risk_view(self, t: int) -> tuple[float, float]:
         """(total exposure, total PnL) for an entry's risk check: every cash flow so far (a
@@ -911,24 +897,12 @@ class CoordinatorCore:
             return st.cash_usd
         return st.cash_usd + self._mark_symbol(st, frame, frame.asof(t), t)
 
-    def total_pnl_usd(self, t: int) -> float:
-        """Every symbol's cash flows (a running total) plus the marks of open positions."""
-        total = self._cash_total
-        for name in sorted(self._positioned):
-            st = self.symbols[name]
-            frame = self._frames[name]
-            total += self._mark_symbol(st, frame, frame.asof(t), t)
-        return total
-
-    def _exposure(self, st: SymbolState, t: int, frame: SymbolFrame | None = None,
-                  i: int = -1) -> float:
+    def _exposure(self, st: SymbolState, t: int) -> float:
         """USD size of the symbol's open position (the larger venue leg) at mid as of ``t``."""
         if not (st.delta[UPBIT] or st.delta[BINANCE]):
             return 0.0
-        if frame is None:
-            frame = self._frames[st.name]
-            i = frame.asof(t)
-        _, _, b_bid, b_ask = frame.books_at(i)
+        frame = self._frames[st.name]
+        _, _, b_bid, b_ask = frame.books_at(frame.asof(t))
         price_usd = (b_bid + b_ask) * 0.5
         if not math.isfinite(price_usd):
             return 0.0

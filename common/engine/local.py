@@ -10,26 +10,22 @@ from loguru import logger
 
 from common.engine.build import (
     MarketSource,
+    book_checks,
     coordinator_config,
-    depth_cost,
     executor_rows,
     fee_schedule,
     fill_model_config,
-    straggler_ns,
     validate_batch,
 )
 from common.engine.coordinator import CoordinatorCore
 from common.engine.report import (
     ProgressLine,
-    add_statistics,
     build_report,
+    finish_run,
     utc_now,
-    write_kpi,
-    write_run_folder,
 )
 from common.engine.stop import StopFlag
 from common.execution.executor import ExecutorFactory, PaperExecutor
-from common.marketdata.validate import BookValidator
 from common.reporting.kpi import KpiAccumulator
 from common.reporting.trade_log import TradeLogger
 from common.settings import Settings
@@ -83,8 +79,7 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     coord = CoordinatorCore(coordinator_config(settings, source.lot_steps), source.symbols,
                             symbol_ids, fx_id, port, kpi, session_id=run_id)
     trade_log = TradeLogger(log_dir, run_id, top_n)
-    validator = BookValidator(straggler_ns(settings))
-    depth = depth_cost(settings)
+    validator, depth = book_checks(settings)
     bar = ProgressLine(source.duration_s, enabled=progress)
     logger.info("run {}: local engine, {}", run_id, source.description)
     with StopFlag() as stop:
@@ -122,11 +117,7 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     report = build_report(kpi.report(), coord.report_part(), settings, run_id, wall_s,
                           trade_log.jsonl_path, trade_log.parquet_path, engine="local",
                           data_source=source.kind, interrupted=interrupted)
-    equity = kpi.equity_table()
-    add_statistics(report, equity)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
-    write_run_folder(Path(log_dir) / run_id, report, settings, source.kind, source.description,
-                     source.origin, equity, started_utc)
-    if kpi_path:
-        write_kpi(report, kpi_path)
+    finish_run(report, kpi.equity_table(), settings, source, Path(log_dir) / run_id, kpi_path,
+               started_utc)
     return report

@@ -49,6 +49,19 @@ def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id:
     return rep
 
 
+def finish_run(report: dict, equity: dict[str, list], settings: Settings, source,
+               run_dir: str | Path, kpi_path: str | Path | None, started_utc: str) -> dict:
+    """What both engines do with a finished run's report: add its statistics, write the run
+    folder (``write_run_folder``) and the ``--kpi-output-path`` copy. ``source`` is the run's
+    ``MarketSource``."""
+    add_statistics(report, equity)
+    write_run_folder(run_dir, report, settings, source.kind, source.description, source.origin,
+                     equity, started_utc)
+    if kpi_path:
+        write_kpi(report, kpi_path)
+    return report
+
+
 def add_statistics(report: dict, equity: dict[str, list]) -> dict:
     """Put the run's statistics (``common.reporting.stats``) into its report, computed from its
     trade log file and equity series exactly as a later re-analysis of the run folder does."""
@@ -264,5 +277,5 @@ class ProgressLine:
             rows, pnl, now - self._t0))
 
 
-__all__ = ["ProgressLine", "add_statistics", "progress_text", "build_report", "code_version", "format_summary", "utc_now", "write_kpi",
+__all__ = ["ProgressLine", "add_statistics", "finish_run", "progress_text", "build_report", "code_version", "format_summary", "utc_now", "write_kpi",
            "write_run_folder"]

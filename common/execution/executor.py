@@ -145,16 +145,8 @@ class _VenueBook:
 
     def mid_at(self, arrival_ns: int) -> float:
         """Mid of the latest book with ``ts_ns <= arrival_ns`` (nan if none)."""
-        k = int(np.searchsorted(self.ts, arrival_ns, side="right")) - 1
-        if k >= 0:
-            b = self.batch
-            row = int(self.rows[k])
-            return float(b.bid_px[b.bid_off[row]] + b.ask_px[b.ask_off[row]]) * 0.5
-        k = bisect_right(self.old_ts, arrival_ns) - 1
-        if k < 0:
-            return math.nan
-        book = self.old[k]
-        return float(book[3][0] + book[5][0]) * 0.5
+        found = self.at(arrival_ns)
+        return math.nan if found is None else float(found[3][0] + found[5][0]) * 0.5
 
     @property
     def holds_rows(self) -> bool:

@@ -26,16 +26,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from common.strategy.signals import StrategyConfig
+
 
 @dataclass(frozen=True, slots=True)
 class CostModelConfig:
-    upbit_fee_bps: float = 5.0
-    binance_fee_bps: float = 10.0
-    entry_margin_bps: float = 5.0
-    #: priors: the share of the entry deviation the level gives back over a hold, the
-    #: deviation left at exit (about the exit band) and the latency cost per leg
+    """The cost model's priors. Fees, the margin and the exit band (the prior of the deviation
+    left at exit) are the strategy's own (``StrategyConfig``), so that the signal frames'
+    candidate threshold is always the model's lower bound."""
+
+    #: priors: the share of the entry deviation the level gives back over a hold, and the
+    #: latency cost per leg
     drift_ratio_prior: float = 0.3
-    exit_deviation_prior_bps: float = 5.0
     latency_cost_prior_bps: float = 0.5
     #: how many observations each prior is worth
     prior_weight: float = 10.0
@@ -53,23 +57,23 @@ class EdgeEstimate:
     fees_bps: float
     slippage_bps: float
     latency_bps: float
-
-    @property
-    def net_bps(self) -> float:
-        return (self.deviation_bps - self.exit_deviation_bps - self.drift_bps - self.fees_bps
-                - self.slippage_bps - self.latency_bps)
+    net_bps: float
 
 
 class CostModel:
     """Running estimates behind the entry rule (see the module docstring)."""
 
-    def __init__(self, cfg: CostModelConfig) -> None:
+    def __init__(self, cfg: CostModelConfig,
+                 strategy: StrategyConfig = StrategyConfig()) -> None:  # noqa: B008 - frozen
         self.cfg = cfg
+        self.strategy = strategy
+        self.fees_bps = 2.0 * (strategy.upbit_fee_bps + strategy.binance_fee_bps)
+        self.margin_bps = strategy.entry_margin_bps
         w, d = cfg.prior_weight, cfg.typical_deviation_bps
         # least squares through the origin: rho = sum(drift * D) / sum(D^2), prior included
         self._dd = w * d * d
         self._drift_d = cfg.drift_ratio_prior * w * d * d
-        self._exit_sum = cfg.exit_deviation_prior_bps * w
+        self._exit_sum = strategy.exit_band_bps * w
         self._exit_n = w
         self._lat_sum = cfg.latency_cost_prior_bps * w
         self._lat_n = w
@@ -77,10 +81,6 @@ class CostModel:
         self.legs = 0
         #: observations made since the last ``fold``: (kind, figures)
         self._pending: list[tuple] = []
-
-    @property
-    def fees_bps(self) -> float:
-        return 2.0 * (self.cfg.upbit_fee_bps + self.cfg.binance_fee_bps)
 
     @property
     def drift_ratio(self) -> float:
@@ -95,6 +95,15 @@ class CostModel:
         """Per leg."""
         return max(0.0, self._lat_sum / self._lat_n)
 
+    def net_bps(self, deviation_bps, slippage_bps):
+        """Predicted net edge (bps) of entering at ``deviation_bps`` with the round trip's
+        expected slippage ``slippage_bps`` (four legs): floats or arrays alike, with the very
+        same arithmetic (the coordinator prices a period's candidates at once, ``estimate``
+        one entry)."""
+        return (deviation_bps - self.exit_deviation_bps
+                - self.drift_ratio * np.maximum(deviation_bps, 0.0) - self.fees_bps
+                - slippage_bps - 4.0 * self.latency_cost_bps)
+
     def estimate(self, deviation_bps: float, slippage_bps: float) -> EdgeEstimate:
         """The predicted figures of entering now at ``deviation_bps`` with the round trip's
         expected slippage ``slippage_bps`` (four legs)."""
@@ -105,10 +114,11 @@ class CostModel:
             fees_bps=self.fees_bps,
             slippage_bps=slippage_bps,
             latency_bps=4.0 * self.latency_cost_bps,
+            net_bps=float(self.net_bps(deviation_bps, slippage_bps)),
         )
 
     def pays(self, est: EdgeEstimate) -> bool:
-        return est.net_bps > self.cfg.entry_margin_bps
+        return est.net_bps > self.margin_bps
 
     def observe_leg(self, latency_cost_bps: float) -> None:
         """A filled entry or exit leg's latency cost (bps, positive = it moved against us);
