@@ -3,7 +3,8 @@
     python run.py                                   # mock market, one hour of event time
     python run.py --data-source replay --replay-path books.parquet --kpi-output-path k.json
     python run.py runs                              # the past runs under logs/
-    python run.py compare logs/A logs/B             # two runs' KPIs side by side
+    python run.py report logs/<run_id>              # <run_id>/report.html: plots and tables
+    python run.py compare logs/A logs/B             # two runs' KPIs side by side (+ HTML)
     python run.py show-config                       # the effective settings and their sources
 
 Every problem with the input (flags, environment, files) ends the run with exit code 2 and one
@@ -61,16 +62,18 @@ def _int(name: str):
 
 
 #: subcommands; anything else is the default one, ``run`` (so ``python run.py`` keeps working)
-SUBCOMMANDS = ("run", "runs", "compare", "show-config")
+SUBCOMMANDS = ("run", "report", "runs", "compare", "show-config")
 
 EPILOG = """subcommands (the default is run):
   run.py [run] [flags]        run the paper trader (the flags above)
+  run.py report RUN_DIR       write RUN_DIR/report.html (plots, cost waterfall, tables)
   run.py runs [--log-dir D]   list the past runs: id, start, engine, data, round trips, PnL
-  run.py compare A B [...]    KPIs of run folders side by side, with differences to A
+  run.py compare A B [...]    KPIs of run folders side by side, with differences to A, and
+                              an HTML page with their equity curves (--html PATH)
   run.py show-config          the effective settings and where each came from
 
 examples:
-  run.py --engine local --volatility 5 --run-duration-seconds 600
+  run.py --engine local --volatility 5 --run-duration-seconds 600 --report
   run.py --data-source replay --replay-path books.parquet --kpi-output-path k.json
   run.py --engine local --data-source real --topn-size 5 --record-path rec/today
   FILL_MODEL_KIND=simple ENTRY_MARGIN_BPS=10 run.py --env-file my.env
@@ -108,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus metrics port of the embedded Ray node (default: Ray picks)")
     p.add_argument("--kpi-output-path", help="write the KPI JSON here")
     p.add_argument("--log-dir", default="logs", help="run folders go to <log-dir>/<run_id>/ (default logs)")
+    p.add_argument("--report", action="store_true",
+                   help="write the run's report.html into its folder when it ends")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--env-file", help="read settings from this file instead of .env.<ARBITRAGE_ENV>")
     p.add_argument("--version", action="version", version=_version(),
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         cmd, argv = argv[0], argv[1:]
+        if cmd == "report":
+            return _report(argv)
         if cmd == "runs":
             return _runs(argv)
         if cmd == "compare":
@@ -155,10 +162,39 @@ def _runs(argv: list[str]) -> int:
     return 0
 
 
+def _report(argv: list[str]) -> int:
+    p = _Parser(prog="run.py report", description="Write a run folder's report.html: one "
+                "self-contained page of plots and tables (no network needed to view it).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. logs/<run_id>")
+    p.add_argument("--out", help="write here instead of RUN_DIR/report.html")
+    args = p.parse_args(argv)
+    return _write_report(args.run_dir, args.out)
+
+
+def _write_report(run_dir: str, out: str | None = None) -> int:
+    from common.reporting.analysis import RunFolderMissing
+    from common.reporting.html import build_run_report
+
+    try:
+        path, notices = build_run_report(run_dir, out)
+    except RunFolderMissing as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"report: cannot write it ({e.strerror or e}): {e.filename or run_dir}")
+    for n in notices:
+        sys.stderr.write(f"run.py: report: {n}\n")
+    print(f"report: {path}")
+    return 0
+
+
 def _compare(argv: list[str]) -> int:
     p = _Parser(prog="run.py compare", description="Put the KPIs of run folders side by side, "
-                "each with its difference to the first.")
+                "each with its difference to the first, and write an HTML page with their "
+                "equity curves overlaid.")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
+    p.add_argument("--html", help="the comparison page (default: compare.html beside the first "
+                   "run folder)")
+    p.add_argument("--no-html", action="store_true", help="print the table only")
     args = p.parse_args(argv)
     if len(args.run_dirs) < 2:
         return _fail("compare: give two run folders or more (e.g. logs/<run_id> logs/<run_id>)")
@@ -168,6 +204,16 @@ def _compare(argv: list[str]) -> int:
         print(format_compare([load_run(d) for d in args.run_dirs]))
     except RunFolderError as e:
         return _fail(str(e))
+    if args.no_html:
+        return 0
+    from common.reporting.html import build_compare_report
+
+    out = Path(args.html) if args.html else Path(args.run_dirs[0]).resolve().parent / "compare.html"
+    try:
+        path, _ = build_compare_report(args.run_dirs, out)
+    except OSError as e:
+        return _fail(f"compare: cannot write {out} ({e.strerror or e})")
+    print(f"comparison: {path}")
     return 0
 
 
@@ -251,6 +297,8 @@ def _run(argv: list[str]) -> int:
         except (DataSourceError, RayEngineError) as e:
             return _fail(str(e))
         _summary(format_summary(run.report))
+        if args.report:
+            _write_report(str(Path(args.log_dir) / run_id))
         return 130 if run.stopped_by == "SIGINT" else 0
     try:
         report = run_local(settings, source, run_id, args.log_dir, args.kpi_output_path, top_n,
@@ -258,6 +306,8 @@ def _run(argv: list[str]) -> int:
     except DataSourceError as e:
         return _fail(str(e))
     _summary(format_summary(report))
+    if args.report:
+        _write_report(str(Path(args.log_dir) / run_id))
     return 130 if report.get("interrupted") else 0
 
 

@@ -120,6 +120,10 @@ class Coordinator:
     def report_part(self) -> dict:
         return self.core.report_part()
 
+    def series_tables(self) -> dict:
+        """The premium grid and the marks kept for the report (``SeriesRecorder.tables``)."""
+        return self.core.series.tables()
+
     def stats(self) -> dict:
         return {"calls_to_symbols": self.port.calls_sent, "calls_to_sinks": self.sink_calls,
                 "recoveries": self.port.recoveries, "snapshots": self.port.snapshots,

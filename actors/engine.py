@@ -38,6 +38,7 @@ from common.engine.build import (
 from common.engine.report import (
     build_report,
     finish_run,
+    start_run_folder,
     utc_now,
 )
 from common.marketdata.batch import BookBatch
@@ -290,6 +291,7 @@ def run_ray(settings: Settings, source: MarketSource, run_id: str, log_dir: str 
     t0 = time.perf_counter()
     started_utc = utc_now()
     started = ray_init(opts)
+    start_run_folder(Path(log_dir) / run_id, run_id, "ray", settings, source, started_utc)
     ns = opts.namespace
     handles: dict[str, object] = {}
     try:
@@ -454,16 +456,17 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
         view.draw()
     feed_s = time.perf_counter() - t_feed
     closed = ray.get(tlog.close.remote())
-    kpi_report, coord_part, cstats = ray.get([kpi.report.remote(), coord.report_part.remote(),
-                                              coord.stats.remote()])
-    driver_calls += 5
+    kpi_report, coord_part, cstats, series = ray.get([
+        kpi.report.remote(), coord.report_part.remote(), coord.stats.remote(),
+        coord.series_tables.remote()])
+    driver_calls += 6
     wall_s = time.perf_counter() - t0
     report = build_report(kpi_report, coord_part, settings, run_id, wall_s, closed["jsonl_path"],
                           closed["parquet_path"], engine="ray", data_source=source.kind,
                           interrupted=stop.signal is not None)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
-    finish_run(report, ray.get(kpi.equity_table.remote()), settings, source, Path(log_dir) / run_id, kpi_path,
-               started_utc)
+    finish_run(report, ray.get(kpi.equity_table.remote()), settings, source,
+               Path(log_dir) / run_id, kpi_path, started_utc, series)
     calls = {"driver": driver_calls, "to_symbols": cstats["calls_to_symbols"],
              "to_sinks": cstats["calls_to_sinks"], "recoveries": cstats["recoveries"],
              "snapshots": cstats["snapshots"], "batches": cstats["batches"],

@@ -396,6 +396,8 @@ class Settings(BaseSettings):
     log_rotation_mb: int = Field(100, ge=1, description="run.log rolls over at this size (MB)")
     log_retention_files: int = Field(
         10, ge=1, description="rolled-over run.log files kept per run")
+    series_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="event-time grid of the premium series kept for plots")
 
     # --- engine -----------------------------------------------------------------------------
     batch_rows: int = Field(65536, ge=1, description="rows per market-data batch")

@@ -58,6 +58,13 @@ def test_mock_market_equals_local(tmp_path):
     assert r.report["engine"] == "ray" and (tmp_path / "ray.json").exists()
     assert_same_run(local, r.report)
     assert r.calls["batches"] > 3 * 3  # the run crossed several snapshots
+    # the plot series of the run folder too (premium grid, balances and exposure at marks)
+    import pyarrow.parquet as pq
+
+    for name in ("premium.parquet", "marks.parquet", "equity.parquet"):
+        a = pq.read_table(tmp_path / "local" / "local" / name)
+        b = pq.read_table(tmp_path / "ray" / "ray" / name)
+        assert a.num_rows > 0 and a.equals(b), name
 
 
 def test_replay_of_mock_batches_equals_local(tmp_path):

@@ -75,7 +75,7 @@ def coordinator_config(s: Settings, lot_steps: dict[str, float] | None = None) -
         initial_krw=s.initial_krw, initial_usdt=s.initial_usdt,
         initial_coin_usd=s.initial_coin_usd, lot_sizes=dict(s.lot_sizes),
         lot_steps=dict(lot_steps or {}), lot_value_usd=s.lot_value_usd, seed=s.seed,
-        feed_latency_bound_ms=s.feed_latency_bound_ms,
+        feed_latency_bound_ms=s.feed_latency_bound_ms, series_interval_s=s.series_interval_s,
     )
 
 

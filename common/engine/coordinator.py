@@ -24,6 +24,7 @@ from loguru import logger
 from common.execution.executor import LatencyConfig, LatencyModel
 from common.portfolio.state import FeeSchedule, PortfolioState
 from common.reporting.kpi import KpiAccumulator
+from common.reporting.series import MARK_COLUMNS, SeriesRecorder
 from common.reporting.trade_log import build_row
 from common.risk.guard import LegNeed, RiskGuard, RiskLimits, derived_lot, floor_lot
 from common.strategy.costs import CostModel, CostModelConfig, EdgeEstimate
@@ -106,6 +107,8 @@ class CoordinatorConfig:
     #: a leg settles once the clock passed its arrival + this: every book with venue time at or
     #: before the arrival has been received by then (later ones are rejected as stragglers)
     feed_latency_bound_ms: float = 1000.0
+    #: event-time grid of the premium series kept for the report (``SeriesRecorder``)
+    series_interval_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -202,6 +205,7 @@ class CoordinatorCore:
         self._universe: list[tuple[int, frozenset[str]]] = []  # scheduled membership changes
         self._universe_due: dict[int, frozenset[str]] = {}  # pushed on this batch's heap
         self.drained_out: list[str] = []  # symbols drained since the engine last asked
+        self.series = SeriesRecorder(cfg.series_interval_s)
 
     # ------------------------------------------------------------------------------------------
     def process_batch(self, top: TopBatch, wall_recv_ns: int | None = None) -> list[dict]:
@@ -230,6 +234,7 @@ class CoordinatorCore:
             for (st, mine), frame in zip(todo, frames, strict=True):
                 st.idle_frame = frame if mine.size == 0 else None
                 self._frames[st.name] = frame
+        self.series.sample_premiums(self._frames, top.end_ns)
         if self.next_mark_ns < 0 and len(top):
             self.first_event_ns = int(top.recv_ns[0])
             self.next_mark_ns = self._grid_after(self.first_event_ns)
@@ -269,6 +274,7 @@ class CoordinatorCore:
                 self._settle(names, t, heap)
             elif kind == _MARK:
                 self._sample_equity(t, list(self.symbols))
+                self.series.mark(t, self._venue_values(t))
                 self._refresh_risk_marks(t)
                 self._new_cost_period(t, heap)
             elif kind == _UNIVERSE:
@@ -351,6 +357,7 @@ class CoordinatorCore:
             self.clock_ns = max(self.clock_ns, t)
             self._settle(names, t, heap, allow_decisions=False)
         self._sample_equity(self.clock_ns, list(self.symbols))
+        self.series.mark(self.clock_ns, self._venue_values(self.clock_ns))
         return self.rows_out
 
     def report_part(self) -> dict:
@@ -907,6 +914,30 @@ class CoordinatorCore:
         if not math.isfinite(price_usd):
             return 0.0
         return max(abs(st.delta[UPBIT]), abs(st.delta[BINANCE])) * price_usd
+
+    def _venue_values(self, t: int) -> dict[str, float]:
+        """Each venue's balances in USD at the mids as of ``t`` (KRW at the FX as of ``t``), the
+        strategy's unhedged coin exposure (the two venues' positions netted) and its gross
+        exposure, in USD at the Binance mid: a ``SeriesRecorder`` mark."""
+        fx = self._fx_at(t)
+        pf = self.portfolio
+        out = dict.fromkeys(MARK_COLUMNS, 0.0)
+        out["upbit_krw_usd"] = pf.balance("upbit", "KRW") / fx if fx > 0 else math.nan
+        out["binance_usdt_usd"] = pf.balance("binance", "USDT")
+        for name, st in self.symbols.items():
+            frame = self._frames.get(name)
+            if frame is None or not st.funded:
+                continue
+            u_bid, u_ask, b_bid, b_ask = frame.books_at(frame.asof(t))
+            u_mid = _finite_or_zero((u_bid + u_ask) * 0.5 / fx) if fx > 0 else 0.0
+            b_mid = _finite_or_zero((b_bid + b_ask) * 0.5)
+            out["upbit_coins_usd"] += pf.balance("upbit", name) * u_mid
+            out["binance_coins_usd"] += pf.balance("binance", name) * b_mid
+            du, db = st.delta
+            out["unhedged_usd"] += abs(du + db) * b_mid
+            out["gross_exposure_usd"] += max(abs(du), abs(db)) * b_mid
+        out["open_round_trips"] = float(sum(1 for st in self.symbols.values() if st.rt is not None))
+        return out
 
     def _sample_equity(self, t: int, names: list[str]) -> None:
         for name in names:

@@ -22,6 +22,7 @@ from common.engine.report import (
     ProgressLine,
     build_report,
     finish_run,
+    start_run_folder,
     utc_now,
 )
 from common.engine.stop import StopFlag
@@ -79,6 +80,7 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     coord = CoordinatorCore(coordinator_config(settings, source.lot_steps), source.symbols,
                             symbol_ids, fx_id, port, kpi, session_id=run_id)
     trade_log = TradeLogger(log_dir, run_id, top_n)
+    start_run_folder(Path(log_dir) / run_id, run_id, "local", settings, source, started_utc)
     validator, depth = book_checks(settings)
     bar = ProgressLine(source.duration_s, enabled=progress)
     logger.info("run {}: local engine, {}", run_id, source.description)
@@ -119,5 +121,5 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
                           data_source=source.kind, interrupted=interrupted)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
     finish_run(report, kpi.equity_table(), settings, source, Path(log_dir) / run_id, kpi_path,
-               started_utc)
+               started_utc, coord.series.tables())
     return report

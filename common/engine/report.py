@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from loguru import logger
 
 from common.reporting.kpi import KpiAccumulator, SymbolKpi
+from common.reporting.series import write_series
 from common.reporting.stats import statistics
 from common.reporting.trade_log import read_trade_log
 from common.settings import Settings
@@ -50,13 +51,16 @@ def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id:
 
 
 def finish_run(report: dict, equity: dict[str, list], settings: Settings, source,
-               run_dir: str | Path, kpi_path: str | Path | None, started_utc: str) -> dict:
+               run_dir: str | Path, kpi_path: str | Path | None, started_utc: str,
+               series: dict | None = None) -> dict:
     """What both engines do with a finished run's report: add its statistics, write the run
-    folder (``write_run_folder``) and the ``--kpi-output-path`` copy. ``source`` is the run's
-    ``MarketSource``."""
+    folder (``write_run_folder``, and the plot series of ``SeriesRecorder.tables``) and the
+    ``--kpi-output-path`` copy. ``source`` is the run's ``MarketSource``."""
     add_statistics(report, equity)
     write_run_folder(run_dir, report, settings, source.kind, source.description, source.origin,
                      equity, started_utc)
+    if series:
+        write_series(run_dir, series)
     if kpi_path:
         write_kpi(report, kpi_path)
     return report
@@ -103,25 +107,45 @@ def code_version() -> dict:
     return out
 
 
+def start_run_folder(run_dir: str | Path, run_id: str, engine: str, settings: Settings, source,
+                     started_utc: str) -> None:
+    """The run folder at the start of a run: ``settings.json`` and a ``run.json`` whose
+    ``status`` is ``running`` (``write_run_folder`` completes both at the end), so a report or a
+    listing of a run still in progress knows what it is looking at."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "settings.json", settings.effective())
+    _write_json(run_dir / "run.json", _run_info(run_id, engine, started_utc, "running", None,
+                                                source.kind, source.description, source.origin,
+                                                [-1, -1], list(source.symbols)))
+
+
+def _run_info(run_id: str, engine: str, started_utc: str, status: str, wall_s: float | None,
+              source_kind: str, description: str, origin: dict, span: list,
+              symbols: list) -> dict:
+    return {"run_id": run_id, "engine": engine, "started_utc": started_utc, "status": status,
+            "wall_seconds": wall_s, "interrupted": status == "interrupted",
+            "code_version": code_version(),
+            "data_source": {"kind": source_kind, "description": description, **origin},
+            "event_time_span_ns": span, "symbols": symbols}
+
+
 def write_run_folder(run_dir: str | Path, report: dict, settings: Settings, source_kind: str,
                      description: str, origin: dict, equity: dict[str, list],
                      started_utc: str) -> None:
     """Everything about a finished run in its folder, beside ``trades/`` and ``run.log``:
     ``kpi.json``, ``settings.json`` (the effective settings), ``run.json`` (engine, code
-    version, data source and event-time span) and ``equity.parquet`` (equity and drawdown)."""
+    version, data source, event-time span and ``status``: finished or interrupted) and
+    ``equity.parquet`` (equity and drawdown)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_kpi(report, run_dir / "kpi.json")
     _write_json(run_dir / "settings.json", settings.effective())
     first, last = report.get("event_time_span_ns", [-1, -1])
-    _write_json(run_dir / "run.json", {
-        "run_id": report["run_id"], "engine": report["engine"], "started_utc": started_utc,
-        "wall_seconds": report["wall_seconds"], "interrupted": report["interrupted"],
-        "code_version": code_version(),
-        "data_source": {"kind": source_kind, "description": description, **origin},
-        "event_time_span_ns": [first, last],
-        "symbols": report.get("symbols", []),
-    })
+    _write_json(run_dir / "run.json", _run_info(
+        report["run_id"], report["engine"], started_utc,
+        "interrupted" if report["interrupted"] else "finished", report["wall_seconds"],
+        source_kind, description, origin, [first, last], report.get("symbols", [])))
     table = pa.table({"t_ns": pa.array(equity["t_ns"], pa.int64()),
                       "equity_usd": pa.array(equity["equity_usd"], pa.float64()),
                       "drawdown_usd": pa.array(equity["drawdown_usd"], pa.float64())})
@@ -277,5 +301,6 @@ class ProgressLine:
             rows, pnl, now - self._t0))
 
 
-__all__ = ["ProgressLine", "add_statistics", "finish_run", "progress_text", "build_report", "code_version", "format_summary", "utc_now", "write_kpi",
+__all__ = ["ProgressLine", "add_statistics", "build_report", "code_version", "finish_run",
+           "format_summary", "progress_text", "start_run_folder", "utc_now", "write_kpi",
            "write_run_folder"]
