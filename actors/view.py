@@ -11,6 +11,19 @@ from loguru import logger
 from common.engine.report import progress_text
 
 
+def coins(x: float) -> str:
+    """A coin position for a person: whole coins with separators when large, six significant
+    digits otherwise, and 0 for float dust (no exponent either way)."""
+    if not math.isfinite(x):
+        return "nan"
+    if abs(x) < 1e-9:
+        return "0"
+    if abs(x) >= 1e5:
+        return f"{x:,.0f}"
+    digits = max(0, 5 - int(math.floor(math.log10(abs(x)))))
+    return f"{x:,.{digits}f}".rstrip("0").rstrip(".")
+
+
 class LiveView:
     """Fed the coordinator's per-batch status; draws at most every ``every_s`` wall seconds."""
 
@@ -73,7 +86,7 @@ class LiveView:
         for name, s in ranked[: self.max_rows]:
             prem = s["premium_bps"]
             lines.append(f"{name:<8} {prem if math.isfinite(prem) else float('nan'):>12.2f} "
-                         f"{s['position_upbit']:>14.6g} {s['position_binance']:>14.6g} "
+                         f"{coins(s['position_upbit']):>14} {coins(s['position_binance']):>14} "
                          f"{s['pnl_usd']:>12.2f}  {s['status']}")
         if len(ranked) > self.max_rows:
             lines.append(f"... {len(ranked) - self.max_rows} more symbols")

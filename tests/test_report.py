@@ -198,6 +198,11 @@ def test_a_run_in_progress_is_reported_as_such(runs, tmp_path):
     assert "still in progress" in page and 'class="status running"' in page
     assert data_values(page)["trades_executed"] == len(lines) // 2
     assert any("no kpi.json" in n for n in notices)
+    # and `runs` lists it as running
+    p = run(["runs", "--log-dir", str(tmp_path)], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if x.startswith("live"))
+    assert "running" in line and "no kpi.json" in line
 
 
 def test_a_run_without_trades_renders_placeholders(tmp_path):
@@ -346,3 +351,34 @@ def test_series_recorder_samples_as_of_each_grid_time():
     assert rec.marks_table().num_rows == 1
     with pytest.raises(ValueError):
         SeriesRecorder(0)
+
+
+def test_live_view_draws_a_table_a_trader_can_read():
+    import io
+
+    from actors.view import LiveView, coins
+
+    assert [coins(x) for x in (4.5e-13, -4.01e-05, -1.3294e8, 8628.59, -0.0309443)] == \
+        ["0", "-0.0000401", "-132,940,000", "8,628.59", "-0.0309443"]
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    view = LiveView(600.0, live=True, stream=out, max_rows=2)
+    status = {"clock_ns": 10**18, "rows": 3, "symbols": {
+        "BTC": {"premium_bps": 157.13, "position_upbit": 0.03094, "position_binance": -0.0309443,
+                "pnl_usd": -10.94, "status": "open"},
+        "SHIB": {"premium_bps": 276.16, "position_upbit": -1.3294e8,
+                 "position_binance": 1.32936e8, "pnl_usd": 110.77, "status": "open"},
+        "ETH": {"premium_bps": float("nan"), "position_upbit": 0.0, "position_binance": 4e-13,
+                "pnl_usd": 1.0, "status": "flat"}}}
+    view.update(status, 1000, 2)
+    view.draw()
+    text = out.getvalue()
+    lines = [x.replace("\x1b[K", "") for x in text.split("\n")]
+    assert lines[0].startswith("event time +0s of 600s") and "trades 3" in lines[0]
+    assert lines[2].split()[:3] == ["SHIB", "276.16", "-132,940,000"]
+    assert lines[3].split()[:4] == ["BTC", "157.13", "0.03094", "-0.0309443"]
+    assert "1 more symbols" in lines[4] and "e+" not in text and "e-" not in text

@@ -342,7 +342,8 @@ def _premium_section(rd: RunData) -> dict:
     sec = {"id": "premium", "nav": "premium & trades", "title": "Premium, level and trades per symbol",
            "intro": "Upbit's mid over Binance's mid in USD (bps), the EWMA level entries deviate "
                     "from, and every trade: entries and exits at the premium their decision "
-                    "prices gave, hedges on the mid premium. Choose the symbol above the plot."}
+                    "prices gave, hedges on the mid premium. Choose the symbol at the plot's top left (the "
+                    "symbols with the most trades first)."}
     markers = trade_markers(rd.rows, rd.premium)
     prem = rd.premium
     names = sorted(set(np.unique(prem["symbol"]).tolist() if prem is not None else [])
@@ -380,13 +381,14 @@ def _premium_section(rd: RunData) -> dict:
                 marker=dict(symbol=_SYMBOLS[kind], size=8 if kind != "hedge" else 7,
                             color=_COLORS[kind], line=dict(width=0.5, color="white"))))
             owner.append(name)
-    buttons = [dict(label=name, method="update",
-                    args=[{"visible": [o == name for o in owner]},
-                          {"title.text": f"{name}: premium (bps) and trades"}])
+    buttons = [dict(label=name, method="restyle", args=[{"visible": [o == name for o in owner]}])
                for name in names]
-    _style(fig, 460, f"{names[0]}: premium (bps) and trades")
-    fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right",
-                                        y=1.16, yanchor="top", showactive=True)])
+    _style(fig, 460)
+    fig.update_layout(margin=dict(l=60, r=20, t=60, b=40),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0.14),
+                      updatemenus=[dict(buttons=buttons, direction="down", x=0, xanchor="left",
+                                        y=1.13, yanchor="top", showactive=True,
+                                        bgcolor="white", bordercolor="#c3c8d2")])
     fig.update_xaxes(type="date")
     fig.update_yaxes(title_text="bps")
     sec["figures"] = [fig_div(fig, "fig-premium")]

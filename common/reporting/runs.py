@@ -116,6 +116,13 @@ def _source(info: dict, kpi: dict) -> str:
     return kind
 
 
+def _status_note(info: dict, kpi: dict) -> str:
+    status = info.get("status")
+    if status == "running":
+        return "running (or ended without finishing) "
+    return "interrupted " if kpi.get("interrupted") or status == "interrupted" else ""
+
+
 def format_runs(runs: list[dict]) -> str:
     """The ``runs`` table: id, start, engine, data source, symbols, round trips, PnL, Sharpe."""
     head = ("run id", "started (UTC)", "engine", "data", "symbols", "round trips", "PnL USD",
@@ -128,7 +135,7 @@ def format_runs(runs: list[dict]) -> str:
                      _num(len(k["symbols"])) if "symbols" in k else "-",
                      _num(k.get("round_trips_completed")), _num(k.get("total_pnl_usd")),
                      _num(k.get("sharpe_round_trips")),
-                     ("interrupted " if k.get("interrupted") else "") + ", ".join(r["problems"])))
+                     _status_note(i, k) + ", ".join(r["problems"])))
     if not rows:
         return "no runs"
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
