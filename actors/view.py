@@ -30,10 +30,10 @@ class LiveView:
     def __init__(self, duration_s: float | None, live: bool, enabled: bool = True,
                  every_s: float = 2.0, max_rows: int = 25, stream=None) -> None:
         self.stream = stream or sys.stdout
-        # the live table comes with monitoring on a terminal, even with --quiet; the periodic
-        # log lines are the progress that --quiet turns off
-        self.tty = live and self.stream.isatty()
-        self.enabled = enabled or self.tty
+        # the live table comes with monitoring on a terminal, the periodic log lines otherwise;
+        # --quiet (``enabled`` False) turns both off
+        self.tty = live and enabled and self.stream.isatty()
+        self.enabled = enabled
         self.duration_s = duration_s
         self.every_s = 0.5 if self.tty else every_s
         self.max_rows = max_rows

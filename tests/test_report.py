@@ -382,3 +382,61 @@ def test_live_view_draws_a_table_a_trader_can_read():
     assert lines[2].split()[:3] == ["SHIB", "276.16", "-132,940,000"]
     assert lines[3].split()[:4] == ["BTC", "157.13", "0.03094", "-0.0309443"]
     assert "1 more symbols" in lines[4] and "e+" not in text and "e-" not in text
+
+
+def test_quiet_turns_the_live_view_off_too():
+    import io
+
+    from actors.view import LiveView
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    view = LiveView(600.0, live=True, enabled=False, stream=out)
+    view.update({"clock_ns": 10**18, "rows": 1, "symbols": {}}, 10, 0)
+    view.draw()
+    assert not view.tty and out.getvalue() == ""
+
+
+@pytest.mark.slow
+def test_report_of_a_run_while_it_runs(tmp_path):
+    """A paced run (60 event-seconds per wall second) reported half-way: its folder already
+    has run.json (running), settings.json and the trade log written so far."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_cli import ROOT
+
+    logs = tmp_path / "logs"
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    import os
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--engine", "local",
+                             "--volatility", "4", "--run-duration-seconds", "900", "--speed",
+                             "60", "--quiet", "--log-dir", str(logs)], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        rows = 0
+        while time.monotonic() < deadline and rows < 20:
+            time.sleep(0.5)
+            logs_now = list(logs.glob("*/trades/*.jsonl"))
+            rows = logs_now[0].read_text().count("\n") if logs_now else 0
+        assert rows >= 20, "the run wrote no trades in time"
+        assert proc.poll() is None, "the run ended before it could be reported mid-way"
+        (run_dir,) = list(logs.iterdir())
+        out, notices = build_run_report(run_dir)
+        page = out.read_text()
+        assert 'class="status running"' in page and "still in progress" in page
+        assert data_values(page)["trades_executed"] >= 20
+        assert any("no kpi.json" in n for n in notices)
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    # once it has finished, the same command reports the whole run
+    out, notices = build_run_report(run_dir)
+    assert notices == [] and 'class="status finished"' in out.read_text()
