@@ -132,9 +132,11 @@ def engine_alone(path: Path, tmp: Path, overrides: dict | None = None) -> tuple[
     batches = list(source.batches())
     rows = sum(len(b) for b, _ in batches)
     source = dataclasses.replace(source, _batches=iter(batches))
+    # a fresh folder each time: a trade log reopened on an old run's rows would reload them
+    # (and drop every new row as a duplicate of the old ones)
+    out = Path(tempfile.mkdtemp(prefix="alone-", dir=tmp))
     t = time.perf_counter()
-    rep = run_local(settings, source, "bench", tmp / "alone", None, settings.topn_size,
-                    progress=False)
+    rep = run_local(settings, source, "bench", out, None, settings.topn_size, progress=False)
     return time.perf_counter() - t, rows, rep
 
 
