@@ -87,11 +87,11 @@ environment, which overrides the env file (.env.<ARBITRAGE_ENV>, or --env-file).
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="run.py", description="Kimchi-premium arbitrage paper trader (Upbit KRW vs "
                 "Binance USDT).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                   help=f"execution engine (default {DEFAULT_ENGINE})")
+    p.add_argument("--engine", choices=ENGINES,
+                   help=f"execution engine (default {DEFAULT_ENGINE}; local with --resume)")
     p.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
     p.add_argument("--namespace", help=f"Ray namespace (default {DEFAULT_NAMESPACE})")
-    p.add_argument("--data-source", choices=("mock", "replay", "real"), default="mock",
+    p.add_argument("--data-source", choices=("mock", "replay", "real"),
                    help="market data (default mock)")
     p.add_argument("--replay-path", help="Parquet file or directory of part-*.parquet to replay")
     p.add_argument("--record-path", help="record received books here (real data only)")
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus metrics port of the embedded Ray node (default: Ray picks)")
     p.add_argument("--kpi-output-path", help="write the KPI JSON here")
     p.add_argument("--log-dir", default="logs", help="run folders go to <log-dir>/<run_id>/ (default logs)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted local run on mock or replay data from its last "
+                   "checkpoint, with its own settings and data")
     p.add_argument("--report", action="store_true",
                    help="write the run's report.html into its folder when it ends")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -236,8 +239,28 @@ def _show_config(argv: list[str]) -> int:
     return 0
 
 
+#: flags that shape a run: a resumed run takes all of them from its folder
+RUN_SHAPING_FLAGS = (("data_source", "--data-source"), ("replay_path", "--replay-path"),
+                     ("record_path", "--record-path"), ("topn_size", "--topn-size"),
+                     ("symbols", "--symbols"), ("run_duration_seconds", "--run-duration-seconds"),
+                     ("seed", "--seed"), ("volatility", "--volatility"),
+                     ("env_file", "--env-file"))
+
+
 def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.resume:
+        given = [flag for name, flag in RUN_SHAPING_FLAGS + RAY_ONLY_FLAGS
+                 if getattr(args, name) not in (None, False)]
+        if args.engine == "ray":
+            given.insert(0, "--engine ray")
+        if given:
+            return _fail(f"--resume: the run goes on as it was configured (its folder's settings "
+                         f"and data); drop {', '.join(given)}")
+        return _resume(args)
+    if args.data_source is None:
+        args.data_source = "mock"
+    args.engine = args.engine or DEFAULT_ENGINE
     if args.engine == "local":
         given = [flag for name, flag in RAY_ONLY_FLAGS if getattr(args, name)]
         if given:
@@ -245,12 +268,7 @@ def _run(argv: list[str]) -> int:
             return _fail(f"{', '.join(given)}: only the Ray engine uses "
                          f"{'this flag' if one else 'these flags'} "
                          f"(drop {'it' if one else 'them'}, or run with --engine ray)")
-    logger.remove()
-    # progress lines reach the terminal only when it is one (a log file gets them in run.log)
-    on_tty = sys.stderr.isatty()
-    logger.add(sys.stderr, level="WARNING" if args.quiet else "INFO",
-               filter=lambda r: on_tty or not r["extra"].get("progress"),
-               format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
+    _log_to_terminal(args.quiet)
 
     from common.engine.build import new_run_id, open_source
     from common.marketdata.replay import DataSourceError
@@ -309,6 +327,59 @@ def _run(argv: list[str]) -> int:
     if args.report:
         _write_report(str(Path(args.log_dir) / run_id))
     return 130 if report.get("interrupted") else 0
+
+
+def _resume(args) -> int:
+    """``--resume RUN_DIR``: continue a local run from its checkpoint (``common.engine.checkpoint``)."""
+    from common.engine.checkpoint import CheckpointError, load_checkpoint, resume_plan
+    from common.engine.local import run_local
+    from common.engine.pacing import paced
+    from common.engine.report import format_summary
+    from common.marketdata.replay import DataSourceError
+    from common.settings import Settings, SettingsError
+
+    try:
+        plan = resume_plan(args.resume)
+        state = load_checkpoint(args.resume)
+    except CheckpointError as e:
+        return _fail(str(e))
+    try:
+        settings = Settings.from_env(overrides=plan["settings"])
+    except SettingsError as e:
+        return _fail(f"--resume: the run's settings.json: {e}")
+    from common.engine.build import open_source
+
+    try:
+        source = open_source(plan["kind"], settings, plan["replay_path"], plan["duration_s"])
+    except DataSourceError as e:
+        return _fail(f"--resume: the run's data: {e}")
+    speed = 1.0 if args.realtime else args.speed
+    if speed is not None:
+        source = paced(source, speed)
+    _log_to_terminal(args.quiet)
+    run_dir = Path(plan["log_dir"]) / plan["run_id"]
+    logger.add(run_dir / "run.log", level="DEBUG", rotation=f"{settings.log_rotation_mb} MB",
+               retention=settings.log_retention_files,
+               format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}:{line} {message}")
+    try:
+        report = run_local(settings, source, plan["run_id"], plan["log_dir"],
+                           args.kpi_output_path, plan["top_n"], progress=not args.quiet,
+                           resume=state, started_utc=plan["started_utc"])
+    except DataSourceError as e:
+        return _fail(str(e))
+    _summary(format_summary(report))
+    if args.report:
+        _write_report(str(run_dir))
+    return 130 if report.get("interrupted") else 0
+
+
+def _log_to_terminal(quiet: bool) -> None:
+    logger.remove()
+    # progress lines reach the terminal only when it is one (a log file gets them in run.log)
+    on_tty = sys.stderr.isatty()
+    logger.add(sys.stderr, level="WARNING" if quiet else "INFO",
+               filter=lambda r: on_tty or not r["extra"].get("progress"),
+               format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
 
 
 def _summary(text: str) -> None:

@@ -396,6 +396,8 @@ class Settings(BaseSettings):
     log_rotation_mb: int = Field(100, ge=1, description="run.log rolls over at this size (MB)")
     log_retention_files: int = Field(
         10, ge=1, description="rolled-over run.log files kept per run")
+    checkpoint_interval_s: float = Field(
+        30.0, ge=0, description="wall seconds between checkpoints of a local run (0: every batch)")
     series_interval_s: float = Field(
         5.0, gt=0, le=3600, description="event-time grid of the premium series kept for plots")
 

@@ -206,7 +206,7 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                             universe_events=_event_poller(events) if changes else None,
                             lot_steps=recorded_lot_steps(events),
                             origin={"path": str(Path(replay_path).resolve()),
-                                    "rows": src.rows_total})
+                                    "rows": src.rows_total, "seconds": duration_s})
     if kind == "real":
         from common.marketdata.live import open_live
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from loguru import logger
 
 from common.engine.build import (
@@ -17,6 +18,7 @@ from common.engine.build import (
     fill_model_config,
     validate_batch,
 )
+from common.engine.checkpoint import CHECKPOINT, save_checkpoint
 from common.engine.coordinator import CoordinatorCore
 from common.engine.report import (
     ProgressLine,
@@ -62,33 +64,64 @@ class LocalExecution:
 
 def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: str | Path,
               kpi_path: str | Path | None, top_n: int, progress: bool = True,
-              universe_events: Callable[[], list[tuple[int, list[str]]]] | None = None) -> dict:
+              universe_events: Callable[[], list[tuple[int, list[str]]]] | None = None,
+              resume: dict | None = None, started_utc: str | None = None) -> dict:
     """Run the whole paper session in this process; returns the KPI report (also written).
 
     ``universe_events`` (default: the source's): polled before every batch for TopN membership
     changes ``(event time, members)``; each applies at exactly its event time.
+
+    Every ``CHECKPOINT_INTERVAL_S`` wall seconds (0: after every batch) the whole state goes to
+    ``<run-dir>/checkpoint.pkl`` (``common.engine.checkpoint``; mock and replay data only).
+    ``resume``: a loaded checkpoint of this run to continue from (the same source, rebuilt).
     """
     if universe_events is None:
         universe_events = source.universe_events
     t0 = time.perf_counter()
-    started_utc = utc_now()
+    started_utc = started_utc or utc_now()
+    run_dir = Path(log_dir) / run_id
     symtab = source.symtab
-    symbol_ids = {s: symtab.id_of(s) for s in source.symbols}
     fx_id = symtab.fx_id
-    port = LocalExecution(settings, source.symbols)
-    kpi = KpiAccumulator()
-    coord = CoordinatorCore(coordinator_config(settings, source.lot_steps), source.symbols,
-                            symbol_ids, fx_id, port, kpi, session_id=run_id)
-    trade_log = TradeLogger(log_dir, run_id, top_n)
-    start_run_folder(Path(log_dir) / run_id, run_id, "local", settings, source, started_utc)
-    validator, depth = book_checks(settings)
+    if resume is None:
+        symbol_ids = {s: symtab.id_of(s) for s in source.symbols}
+        port = LocalExecution(settings, source.symbols)
+        kpi = KpiAccumulator()
+        coord = CoordinatorCore(coordinator_config(settings, source.lot_steps), source.symbols,
+                                symbol_ids, fx_id, port, kpi, session_id=run_id)
+        validator, depth = book_checks(settings)
+        skip_rows, keep_rows = 0, None
+    else:
+        coord, kpi, validator, depth = (resume["coord"], resume["kpi"], resume["validator"],
+                                        resume["depth"])
+        port, symbol_ids = coord.port, resume["symbol_ids"]
+        skip_rows, keep_rows = resume["rows_done"], resume["rows_written"]
+        for name in symbol_ids:  # the symbol table of the rebuilt source, as it was
+            symtab.id_of(name)
+        if universe_events is not None:
+            universe_events()  # a replay's TopN changes: scheduled before the checkpoint
+    trade_log = TradeLogger(log_dir, run_id, top_n, keep_rows=keep_rows)
+    start_run_folder(run_dir, run_id, "local", settings, source, started_utc)
+    checkpoints = source.kind in ("mock", "replay")
+    every_s = settings.checkpoint_interval_s
+    next_ckpt = time.perf_counter() + every_s
     bar = ProgressLine(source.duration_s, enabled=progress)
-    logger.info("run {}: local engine, {}", run_id, source.description)
+    logger.info("run {}: local engine, {}{}", run_id, source.description,
+                f", resumed after {skip_rows:,} books ({keep_rows:,} trade rows)"
+                if resume else "")
+    rows_done = 0  # books taken from the source: a position that does not depend on batching
     with StopFlag() as stop:
         try:
             for batch, pre_rejected in source.batches():
+                if rows_done < skip_rows:  # in the checkpoint already
+                    if rows_done + len(batch) <= skip_rows:
+                        rows_done += len(batch)
+                        continue
+                    batch = batch.take(np.arange(skip_rows - rows_done, len(batch)))
+                    pre_rejected = {}  # counted with the part before the checkpoint
+                    rows_done = skip_rows
                 if stop.requested:
                     break
+                rows_done += len(batch)
                 if universe_events is not None:
                     for t_ns, members in universe_events():
                         for name in members:
@@ -111,6 +144,12 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
                     if source.on_drained is not None:
                         source.on_drained(name)
                 bar.update(coord, kpi, trade_log.rows_written)
+                if checkpoints and time.perf_counter() >= next_ckpt:
+                    save_checkpoint(run_dir, {
+                        "rows_done": rows_done, "rows_written": trade_log.rows_written,
+                        "coord": coord, "kpi": kpi, "validator": validator, "depth": depth,
+                        "symbol_ids": symbol_ids})
+                    next_ckpt = time.perf_counter() + every_s
         finally:
             trade_log.log_rows(coord.finish())
             trade_log.close()
@@ -120,6 +159,8 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
                           trade_log.jsonl_path, trade_log.parquet_path, engine="local",
                           data_source=source.kind, interrupted=interrupted)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
-    finish_run(report, kpi.equity_table(), settings, source, Path(log_dir) / run_id, kpi_path,
+    finish_run(report, kpi.equity_table(), settings, source, run_dir, kpi_path,
                started_utc, coord.series.tables())
+    if not interrupted:
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
     return report

@@ -91,7 +91,9 @@ class TradeLogger:
     """Appends rows to ``top<N>_trade_log.jsonl`` and ``.parquet`` under ``<log_dir>/<run_id>/trades``."""
 
     def __init__(self, log_dir: str | Path, run_id: str, top_n: int,
-                 row_group_rows: int = 4096) -> None:
+                 row_group_rows: int = 4096, keep_rows: int | None = None) -> None:
+        """``keep_rows``: reopening an existing log (a resumed run), keep only its first rows
+        (those its checkpoint had written); the rest will be written again."""
         self.dir = trade_log_dir(log_dir, run_id)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.dir / f"top{top_n}_trade_log.jsonl"
@@ -114,6 +116,9 @@ class TradeLogger:
                     if row["trade_id"] not in self._seen:
                         self._seen.add(row["trade_id"])
                         recovered.append(row)
+            if keep_rows is not None:
+                recovered = recovered[:keep_rows]
+                self._seen = {r["trade_id"] for r in recovered}
             # rewrite without a torn tail so the file stays valid JSONL
             self.jsonl_path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recovered))
             logger.info("trade log reopened with {} rows: {}", len(recovered), self.jsonl_path)
