@@ -285,6 +285,16 @@ def _run(argv: list[str]) -> int:
         return _fail("--volatility: only the mock market has a volatility knob")
     if args.record_path and args.data_source != "real":
         return _fail("--record-path: recording needs --data-source real")
+    from common.engine.storage import StorageError, check_writable_dir
+
+    try:
+        check_writable_dir(args.log_dir, "--log-dir")
+        if args.record_path:
+            check_writable_dir(args.record_path, "--record-path")
+        if args.kpi_output_path:
+            check_writable_dir(Path(args.kpi_output_path).resolve().parent, "--kpi-output-path")
+    except StorageError as e:
+        return _fail(str(e))
     speed = 1.0 if args.realtime else args.speed
     try:
         source = open_source(args.data_source, settings, args.replay_path,
@@ -335,13 +345,15 @@ def _resume(args) -> int:
     from common.engine.local import run_local
     from common.engine.pacing import paced
     from common.engine.report import format_summary
+    from common.engine.storage import StorageError, check_writable_dir
     from common.marketdata.replay import DataSourceError
     from common.settings import Settings, SettingsError
 
     try:
         plan = resume_plan(args.resume)
         state = load_checkpoint(args.resume)
-    except CheckpointError as e:
+        check_writable_dir(args.resume, "--resume")
+    except (CheckpointError, StorageError) as e:
         return _fail(str(e))
     try:
         settings = Settings.from_env(overrides=plan["settings"])

@@ -174,3 +174,18 @@ def test_progress_goes_to_the_run_log_and_stays_off_a_terminal_that_is_not_one(t
     (run_dir,) = list((tmp_path / "logs").iterdir())
     progress = [x for x in (run_dir / "run.log").read_text().splitlines() if "event time +" in x]
     assert progress and all("of 10,800s" in x and "events/s" in x for x in progress)
+
+
+def test_a_directory_a_run_cannot_write_is_refused_before_it_starts(tmp_path):
+    from common.engine.storage import StorageError, check_writable_dir
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(run(["--engine", "local", "--log-dir", str(afile / "logs")], cwd=tmp_path),
+                   "--log-dir", "cannot write there")
+    one_line_error(run(["--engine", "local", "--kpi-output-path", str(afile / "k.json")],
+                       cwd=tmp_path), "--kpi-output-path", "is a file, not a directory")
+    assert not list(tmp_path.glob("logs/*"))  # no run started
+    assert check_writable_dir(tmp_path / "new" / "dir", "--log-dir").is_dir()
+    with pytest.raises(StorageError, match="MB free on its disk"):
+        check_writable_dir(tmp_path, "--log-dir", min_free_mb=1e15)
