@@ -310,7 +310,7 @@ def _run(argv: list[str]) -> int:
 
     from common.engine.local import run_local
     from common.engine.pacing import paced
-    from common.engine.report import format_summary
+    from common.engine.report import exit_code, format_summary
 
     if speed is not None:
         source = paced(source, speed)
@@ -327,7 +327,7 @@ def _run(argv: list[str]) -> int:
         _summary(format_summary(run.report))
         if args.report:
             _write_report(str(Path(args.log_dir) / run_id))
-        return 130 if run.stopped_by == "SIGINT" else 0
+        return exit_code(run.stopped_by)
     try:
         report = run_local(settings, source, run_id, args.log_dir, args.kpi_output_path, top_n,
                            progress=not args.quiet)
@@ -336,7 +336,7 @@ def _run(argv: list[str]) -> int:
     _summary(format_summary(report))
     if args.report:
         _write_report(str(Path(args.log_dir) / run_id))
-    return 130 if report.get("interrupted") else 0
+    return exit_code(report.get("stopped_by"))
 
 
 def _resume(args) -> int:
@@ -344,7 +344,7 @@ def _resume(args) -> int:
     from common.engine.checkpoint import CheckpointError, load_checkpoint, resume_plan
     from common.engine.local import run_local
     from common.engine.pacing import paced
-    from common.engine.report import format_summary
+    from common.engine.report import exit_code, format_summary
     from common.engine.storage import StorageError, check_writable_dir
     from common.marketdata.replay import DataSourceError
     from common.settings import Settings, SettingsError
@@ -382,7 +382,7 @@ def _resume(args) -> int:
     _summary(format_summary(report))
     if args.report:
         _write_report(str(run_dir))
-    return 130 if report.get("interrupted") else 0
+    return exit_code(report.get("stopped_by"))
 
 
 def _log_to_terminal(quiet: bool) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import threading
 import time
 from collections import deque
@@ -41,6 +40,7 @@ from common.engine.report import (
     start_run_folder,
     utc_now,
 )
+from common.engine.stop import StopFlag
 from common.marketdata.batch import BookBatch
 from common.settings import Settings
 
@@ -258,32 +258,6 @@ def coalesced(batches, max_rows: int, stop, poll_s: float = 0.2):
         thread.join(timeout=5)
 
 
-class _Stop:
-    """SIGINT/SIGTERM handlers that ask the feed loop to stop (main thread only)."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._old: dict = {}
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            # a second signal: give up on a clean finish (the actors and cluster still go)
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        logger.warning("{}: stopping the feed, settling open trades and writing the outputs "
-                       "(again to abort)", self.signal)
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def run_ray(settings: Settings, source: MarketSource, run_id: str, log_dir: str | Path,
             kpi_path: str | Path | None, top_n: int, opts: RayOptions | None = None) -> RayRun:
     """Run the paper session on Ray; the KPI report is returned (and written to ``kpi_path``)."""
@@ -295,7 +269,7 @@ def run_ray(settings: Settings, source: MarketSource, run_id: str, log_dir: str 
     ns = opts.namespace
     handles: dict[str, object] = {}
     try:
-        with _Stop() as stop:
+        with StopFlag() as stop:
             run = _run(settings, source, run_id, Path(log_dir).resolve(), kpi_path, top_n, opts,
                        ns, handles, stop, t0, started_utc)
     finally:
@@ -463,7 +437,7 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
     wall_s = time.perf_counter() - t0
     report = build_report(kpi_report, coord_part, settings, run_id, wall_s, closed["jsonl_path"],
                           closed["parquet_path"], engine="ray", data_source=source.kind,
-                          interrupted=stop.signal is not None)
+                          interrupted=stop.signal is not None, stopped_by=stop.signal)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
     finish_run(report, ray.get(kpi.equity_table.remote()), settings, source,
                Path(log_dir) / run_id, kpi_path, started_utc, series)

@@ -157,7 +157,8 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
     wall_s = time.perf_counter() - t0
     report = build_report(kpi.report(), coord.report_part(), settings, run_id, wall_s,
                           trade_log.jsonl_path, trade_log.parquet_path, engine="local",
-                          data_source=source.kind, interrupted=interrupted)
+                          data_source=source.kind, interrupted=interrupted,
+                          stopped_by=stop.signal)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
     finish_run(report, kpi.equity_table(), settings, source, run_dir, kpi_path,
                started_utc, coord.series.tables())

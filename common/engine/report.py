@@ -22,7 +22,7 @@ from common.settings import Settings
 
 def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id: str,
                  wall_s: float, jsonl_path, parquet_path, engine: str, data_source: str,
-                 interrupted: bool) -> dict:
+                 interrupted: bool, stopped_by: str | None = None) -> dict:
     """The KPI JSON: the KPI accumulator's figures, the coordinator's (balances, refusals,
     marks; ``CoordinatorCore.report_part``) and the run's own fields."""
     rep = dict(kpi_report)
@@ -39,6 +39,7 @@ def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id:
         "engine": engine,
         "data_source": data_source,
         "interrupted": interrupted,
+        "stopped_by": stopped_by,  # SIGINT / SIGTERM when a signal ended the run
         "settle_ms": settings.settle_ms,
         "events_per_second": rep["events_processed"] / wall_s if wall_s > 0 else 0.0,
         "wall_seconds": wall_s,
@@ -75,6 +76,15 @@ def add_statistics(report: dict, equity: dict[str, list]) -> dict:
                                       np.asarray(equity["equity_usd"], dtype=float), first, last,
                                       report["account_value_start_usd"])
     return report
+
+
+#: the exit code of a run a signal stopped: 128 + the signal's number, as a shell reports it
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def exit_code(stopped_by: str | None) -> int:
+    """0 for a run that ended by itself; 130 after SIGINT (Ctrl-C), 143 after SIGTERM."""
+    return EXIT_CODES.get(stopped_by or "", 0)
 
 
 def utc_now() -> str:
@@ -301,6 +311,7 @@ class ProgressLine:
             rows, pnl, now - self._t0))
 
 
-__all__ = ["ProgressLine", "add_statistics", "build_report", "code_version", "finish_run",
+__all__ = ["EXIT_CODES", "ProgressLine", "add_statistics", "build_report", "code_version",
+           "exit_code", "finish_run",
            "format_summary", "progress_text", "start_run_folder", "utc_now", "write_kpi",
            "write_run_folder"]

@@ -13,17 +13,27 @@ from loguru import logger
 
 
 class StopFlag:
+    """The one stop path of both engines. The first SIGINT or SIGTERM asks the engine to stop
+    (``requested``, ``signal``); a second one of either aborts at once (KeyboardInterrupt).
+    The run's exit code follows from ``signal``: ``report.exit_code``."""
+
     def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
+        self.signal: str | None = None
         self._previous: dict[int, object] = {}
 
-    def request(self, name: str = "stop") -> None:
-        if not self.requested:
-            logger.warning("{} received: finishing the current batch, settling and writing outputs",
-                           name)
-        self.requested = True
-        self.signal_name = name
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def signal_name(self) -> str:
+        return self.signal or ""
+
+    def request(self, name: str) -> None:
+        if self.signal is None:
+            logger.warning("{} received: finishing the current batch, settling open trades and "
+                           "writing the outputs (again to abort)", name)
+            self.signal = name
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -33,8 +43,8 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user really wants out now
+        if self.signal is not None:
+            raise KeyboardInterrupt  # a second signal: the user really wants out now
         self.request(signal.Signals(signum).name)
 
     def __exit__(self, *exc) -> None:
