@@ -101,7 +101,8 @@ def test_a_dead_child_ends_the_run_without_an_exception(fakes):
 
 
 def test_the_setting_chooses_process_or_thread(fakes, monkeypatch):
-    from common.marketdata.live import LiveSource, open_live
+    from common.marketdata.live import LiveSource
+    from common.marketdata.live_process import open_live
     from common.settings import Settings
 
     for k, v in fakes.env().items():

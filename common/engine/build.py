@@ -208,7 +208,7 @@ def open_source(kind: str, s: Settings, replay_path: str | None,
                             origin={"path": str(Path(replay_path).resolve()),
                                     "rows": src.rows_total, "seconds": duration_s})
     if kind == "real":
-        from common.marketdata.live import open_live
+        from common.marketdata.live_process import open_live
 
         live = open_live(s, duration_s, record_path)
         sel = live.selection

@@ -541,21 +541,3 @@ class LiveSource(EngineSide):
             del self._awaiting_ready[row.symbol]
             self._publish_event({"recv_ns": row.recv_ns, "event": "synced",
                                  "symbols": [row.symbol]})
-
-
-def open_live(settings, duration_s: float | None, record_path: str | None = None,
-              symtab: SymbolTable | None = None):
-    """A started live source for ``settings`` (TopN selected, streams opening).
-
-    With ``LIVE_FEED_PROCESS`` (the default) the clients run in a process of their own
-    (``LiveFeedProcess``), so that parsing the books does not take the engine's interpreter;
-    else in a thread beside it (``LiveSource``)."""
-    from common.marketdata.live_process import LiveFeedProcess
-
-    kind = LiveFeedProcess if settings.live_feed_process else LiveSource
-    try:
-        src = kind(LiveConfig.from_settings(settings), symtab, record_path, duration_s)
-    except FileExistsError as exc:
-        raise DataSourceError(str(exc)) from None
-    src.start()
-    return src

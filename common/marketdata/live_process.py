@@ -461,3 +461,19 @@ def _counters(src: LiveSource) -> dict[str, int]:
 
 if __name__ == "__main__":
     _child_main(int(sys.argv[1]), int(sys.argv[2]))
+
+
+def open_live(settings, duration_s: float | None, record_path: str | None = None,
+              symtab: SymbolTable | None = None):
+    """A started live source for ``settings`` (TopN selected, streams opening).
+
+    With ``LIVE_FEED_PROCESS`` (the default) the clients run in a process of their own
+    (``LiveFeedProcess``), so that parsing the books does not take the engine's interpreter;
+    else in a thread beside it (``LiveSource``)."""
+    kind = LiveFeedProcess if settings.live_feed_process else LiveSource
+    try:
+        src = kind(LiveConfig.from_settings(settings), symtab, record_path, duration_s)
+    except FileExistsError as exc:
+        raise DataSourceError(str(exc)) from None
+    src.start()
+    return src
