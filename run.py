@@ -319,7 +319,8 @@ def _run(argv: list[str]) -> int:
 
         opts = RayOptions(namespace=args.namespace or DEFAULT_NAMESPACE, address=args.ray_address,
                           monitoring=args.monitoring_enabled,
-                          metrics_export_port=args.metrics_export_port, progress=not args.quiet)
+                          metrics_export_port=args.metrics_export_port, progress=not args.quiet,
+                          lean=settings.ray_lean)
         try:
             run = run_ray(settings, source, run_id, args.log_dir, args.kpi_output_path, top_n, opts)
         except (DataSourceError, RayEngineError) as e:

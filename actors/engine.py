@@ -75,6 +75,13 @@ class RayRun:
     pids: dict = field(default_factory=dict)
 
 
+#: the embedded cluster's system config when monitoring is off (``RayOptions.lean``): no
+#: per-event statistics, no task events (the dashboard's task view and timeline), Ray's own
+#: metrics reported every 60 s instead of every 10 s
+LEAN_SYSTEM_CONFIG = {"event_stats": False, "task_events_report_interval_ms": 0,
+                      "metrics_report_interval_ms": 60_000}
+
+
 @dataclass
 class RayOptions:
     namespace: str = "arbitrage"
@@ -82,6 +89,8 @@ class RayOptions:
     monitoring: bool = False
     metrics_export_port: int | None = None
     progress: bool = True
+    #: with monitoring off, start the embedded cluster with ``LEAN_SYSTEM_CONFIG`` (RAY_LEAN)
+    lean: bool = True
     #: test and bench hooks: called after batch k was handed to the coordinator, and once all
     #: actors are up (with the dict of their handles)
     on_batch: Callable[[int], None] | None = None
@@ -119,6 +128,10 @@ def ray_init(opts: RayOptions) -> bool:
     kwargs = {"address": "local", "num_cpus": os.cpu_count() or 2, "namespace": opts.namespace,
               "include_dashboard": opts.monitoring, "dashboard_host": "127.0.0.1",
               "_node_ip_address": "127.0.0.1"}
+    if opts.lean and not opts.monitoring:
+        # nobody looks at the task view, the timeline or the metrics: Ray's bookkeeping for
+        # them is idle CPU in every process (bench/ray_idle.py)
+        kwargs["_system_config"] = dict(LEAN_SYSTEM_CONFIG)
     if opts.monitoring and opts.metrics_export_port:
         kwargs["_metrics_export_port"] = opts.metrics_export_port
     ctx = ray.init(**kwargs)

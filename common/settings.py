@@ -396,6 +396,9 @@ class Settings(BaseSettings):
     log_rotation_mb: int = Field(100, ge=1, description="run.log rolls over at this size (MB)")
     log_retention_files: int = Field(
         10, ge=1, description="rolled-over run.log files kept per run")
+    ray_lean: bool = Field(
+        True, description="with monitoring off, start the embedded Ray cluster without event "
+        "stats and task events, metrics every 60 s (less idle CPU); false keeps Ray's defaults")
     checkpoint_interval_s: float = Field(
         30.0, ge=0, description="wall seconds between checkpoints of a local run (0: every batch)")
     series_interval_s: float = Field(
