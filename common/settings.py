@@ -31,6 +31,8 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as _SourceError
 
+from common.fill.models import FILL_MODEL_KINDS  # the one list: the fill models' registry
+
 __all__ = [
     "DEFAULT_ENV",
     "FILL_MODEL_KINDS",
@@ -41,8 +43,6 @@ __all__ = [
 
 #: The value of ``ARBITRAGE_ENV`` when it is not set.
 DEFAULT_ENV = "paper"
-#: The accepted values of ``FILL_MODEL_KIND``.
-FILL_MODEL_KINDS = ("simple", "book_walk")
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 _TICKER_RE = re.compile(r"[A-Z0-9]+")

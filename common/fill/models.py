@@ -83,7 +83,8 @@ import numpy as np
 
 from common.types import floor_lot
 
-#: The fill model kinds ``FillModelConfig.kind`` accepts.
+#: The fill model kinds ``FillModelConfig.kind`` (and ``FILL_MODEL_KIND``) accept: the keys of
+#: ``FILL_MODELS``, the one registry (a new model is one class and one line there).
 FILL_MODEL_KINDS = ("simple", "book_walk")
 #: Scale of the hidden-liquidity impact: marginal impact at hidden depth x is
 #: ``alpha * HIDDEN_IMPACT_K * (x / V) ** impact_exponent``.
@@ -412,12 +413,17 @@ def _hidden_cost(price: float, h: float, depth: float, s_ak: float, e: float) ->
     return price * (h + s_ak * depth / (e + 1.0) * (h / depth) ** (e + 1.0))
 
 
+#: every fill model by its kind
+FILL_MODELS: dict[str, type] = {"simple": SimpleFillModel, "book_walk": BookWalkFillModel}
+assert tuple(FILL_MODELS) == FILL_MODEL_KINDS
+
+
 def create_fill_model(cfg: FillModelConfig, seed: int) -> FillModel:
     """The model the config asks for, with its own ``numpy.random.default_rng(seed)``."""
     if not cfg.enable:
         return NoFillModel(cfg, seed)
-    if cfg.kind == "simple":
-        return SimpleFillModel(cfg, seed)
-    if cfg.kind == "book_walk":
-        return BookWalkFillModel(cfg, seed)
-    raise ValueError(f"unknown fill model kind {cfg.kind!r}")
+    try:
+        model = FILL_MODELS[cfg.kind]
+    except KeyError:
+        raise ValueError(f"unknown fill model kind {cfg.kind!r}") from None
+    return model(cfg, seed)
