@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -99,6 +100,75 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: who may listen beyond loopback: Ray's own processes, which bind every interface in Ray 2.60
+#: whatever the node address (their token authentication is what guards them; README,
+#: "What binds where"). A listener of any other kind on a routable or wildcard address fails.
+RAY_ROLES = {"gcs_server", "raylet", "driver core worker", "worker", "dashboard",
+             "dashboard agent", "runtime env agent", "monitor", "log monitor"}
+
+
+def role_of(proc: psutil.Process, driver_pid: int) -> str:
+    cmd = " ".join(proc.cmdline())
+    name = proc.name()
+    if proc.pid == driver_pid:
+        return "driver core worker"
+    for key, role in (("gcs_server", "gcs_server"), ("raylet", "raylet"),
+                      ("dashboard/agent.py", "dashboard agent"),
+                      ("DashboardAgent", "dashboard agent"),
+                      ("runtime_env/agent", "runtime env agent"),
+                      ("RuntimeEnvAgent", "runtime env agent"),
+                      ("dashboard/dashboard.py", "dashboard"), ("log_monitor", "log monitor"),
+                      ("autoscaler/_private/monitor.py", "monitor"), ("monitor.py", "monitor")):
+        if key in cmd or key in name:
+            return role
+    if name.startswith("ray::") or "default_worker.py" in cmd:
+        return "worker"
+    return f"other: {name} {cmd[:80]}"
+
+
+def listeners(driver_pid: int) -> set[tuple[str, str, int]]:
+    """(role, address, port) of every listening TCP socket of the run's processes."""
+    root = psutil.Process(driver_pid)
+    out = set()
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="inet")
+            role = role_of(proc, driver_pid)
+        except psutil.Error:
+            continue  # a worker that just ended
+        out |= {(role, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
+    return out
+
+
+def assert_ports_as_documented(driver_pid: int) -> None:
+    """The dashboard is on 127.0.0.1 only; whatever else listens beyond loopback is one of
+    Ray's own processes; and both the dashboard's API and the GCS refuse a client without the
+    cluster's token."""
+    socks = listeners(driver_pid)
+    loopback = {"127.0.0.1", "::1"}
+    assert {(a, p) for r, a, p in socks if p == 8265} == {("127.0.0.1", 8265)}
+    wide = {r for r, a, _ in socks if a not in loopback}
+    assert wide and wide <= RAY_ROLES, sorted(wide - RAY_ROLES)
+    # the dashboard's API: 401 without the token, 200 with it
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen("http://127.0.0.1:8265/api/jobs/", timeout=10)
+    assert e.value.code == 401
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    req = urllib.request.Request("http://127.0.0.1:8265/api/jobs/",
+                                 headers={"Authorization": f"Bearer {token}"})
+    assert urllib.request.urlopen(req, timeout=10).status == 200
+    # the GCS: an RPC without the token is refused as unauthenticated
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    (gcs_port,) = {p for r, a, p in socks if r == "gcs_server"}
+    with grpc.insecure_channel(f"127.0.0.1:{gcs_port}") as ch:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as rpc:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=10)
+    assert rpc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 @pytest.mark.slow
 def test_metrics_are_exported_with_symbol_tags(tmp_path):
     port = free_port()
@@ -120,6 +190,7 @@ def test_metrics_are_exported_with_symbol_tags(tmp_path):
     try:
         wait_for(scrape, "ray_arb_* metrics with a symbol tag", every=2.0)
         procs = psutil.Process(p.pid).children(recursive=True)
+        assert_ports_as_documented(p.pid)
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=240)
     finally:
