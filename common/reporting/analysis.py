@@ -354,6 +354,7 @@ def decimate(t: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.n
     return t[idx], y[idx]
 
 
-__all__ = ["LEG_KINDS", "WATERFALL_STEPS", "RunData", "RunFolderMissing", "cost_waterfall", "decimate",
+__all__ = ["LEG_KINDS", "WATERFALL_STEPS", "RunData", "RunFolderMissing", "cost_waterfall",
+           "decimate",
            "equity_from_rows", "leg_distributions", "leg_fee_usd", "load_run_folder",
            "read_rows_tolerant", "trade_markers"]

@@ -71,6 +71,13 @@ def cell(v, unit: str = "", key: str | None = None, signed: bool = False,
     return {"text": fmt(v, unit, signed), "raw": _raw(v), "key": key, "cls": cls.strip()}
 
 
+def tile(label: str, kpi: dict, path: str, unit: str = "", signed: bool = False) -> dict:
+    """A headline figure: the KPI at ``path`` (dotted), with its exact value carried along."""
+    c = cell(_get(kpi, path), unit, key=path, signed=signed)
+    return {"label": label, "key": path, "raw": c["raw"], "text": c["text"],
+            "cls": c["cls"].replace("text", "").strip()}
+
+
 def _get(d: dict, path: str):
     for part in path.split("."):
         if not isinstance(d, dict) or part not in d:
@@ -235,13 +242,15 @@ def kpi_from_rows(rd: RunData, equity: dict[str, np.ndarray]) -> dict:
 
 
 def _equity_section(rd: RunData, equity: dict[str, np.ndarray], from_rows: bool) -> dict:
-    sec = {"id": "equity", "nav": "equity", "title": "Equity and drawdown",
+    sec = {"id": "equity", "nav": "equity",
+           "title": "Equity and drawdown",
            "intro": "The run's PnL in USD over event time (every fill's cash flow at its own FX "
                     "plus open positions at executable prices, fees included), and its distance "
                     "below the running peak." + (" Without equity.parquet: realised PnL at each "
                                                  "round trip's close." if from_rows else "")}
     if equity["t_ns"].size == 0:
-        sec["placeholder"] = "No equity samples: the run traded nothing (or ended before its first mark)."
+        sec["placeholder"] = ("No equity samples: the run traded nothing (or ended before its "
+                              "first mark).")
         return sec
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -264,7 +273,8 @@ def _equity_section(rd: RunData, equity: dict[str, np.ndarray], from_rows: bool)
 
 def _waterfall_section(rows: list[dict]) -> dict:
     w = cost_waterfall(rows)
-    sec = {"id": "waterfall", "nav": "cost waterfall", "title": "Cost waterfall: from signal edge to realised PnL",
+    sec = {"id": "waterfall", "nav": "cost waterfall",
+           "title": "Cost waterfall: from signal edge to realised PnL",
            "intro": "Realised PnL of the closed round trips taken apart exactly. Signal edge: "
                     "the premium the decisions saw, on the quantity both legs filled, at the "
                     "decision's best prices. Fees, slippage (fill beyond the best price at "
@@ -275,18 +285,10 @@ def _waterfall_section(rows: list[dict]) -> dict:
     if not w["round_trips"]:
         sec["placeholder"] = "No closed round trip: nothing to take apart yet."
         return sec
-    import plotly.graph_objects as go
 
     labels = [lbl for _, lbl in WATERFALL_STEPS] + ["realised PnL"]
     values = [w[k] for k, _ in WATERFALL_STEPS] + [w["realised_pnl_usd"]]
-    fig = go.Figure(go.Waterfall(
-        x=labels, y=values, measure=["relative"] * len(WATERFALL_STEPS) + ["total"],
-        text=[fmt(v) for v in values], textposition="outside",
-        increasing=dict(marker=dict(color="#2ca02c")), decreasing=dict(marker=dict(color="#d62728")),
-        totals=dict(marker=dict(color=_COLORS["equity"])), connector=dict(line=dict(color="#c3c8d2"))))
-    _style(fig, 380)
-    fig.update_yaxes(title_text="USD")
-    fig.update_layout(showlegend=False)
+    fig = _waterfall(labels, values, ["relative"] * len(WATERFALL_STEPS) + ["total"], 380)
     rows_t = [[cell(lbl), cell(w[k], "USD", key=f"waterfall.{k}", signed=True)]
               for k, lbl in WATERFALL_STEPS]
     rows_t.append([cell("= realised PnL"), cell(w["realised_pnl_usd"], "USD",
@@ -298,8 +300,25 @@ def _waterfall_section(rows: list[dict]) -> dict:
     return sec
 
 
+def _waterfall(labels: list[str], values: list[float], measures: list[str], height: int):
+    """A waterfall of USD steps: gains green, costs red, totals blue, each labelled."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Waterfall(
+        x=labels, y=values, measure=measures, text=[fmt(v) for v in values],
+        textposition="outside", increasing=dict(marker=dict(color="#2ca02c")),
+        decreasing=dict(marker=dict(color="#d62728")),
+        totals=dict(marker=dict(color=_COLORS["equity"])),
+        connector=dict(line=dict(color="#c3c8d2"))))
+    _style(fig, height)
+    fig.update_yaxes(title_text="USD")
+    fig.update_layout(showlegend=False)
+    return fig
+
+
 def _decomposition_section(kpi: dict) -> dict:
-    sec = {"id": "decomposition", "nav": "PnL decomposition", "title": "PnL decomposition and the account",
+    sec = {"id": "decomposition", "nav": "PnL decomposition",
+           "title": "PnL decomposition and the account",
            "intro": "The account's value from start to end (every balance at mids, KRW at the "
                     "KRW-USDT mid) is exactly trading PnL + FX translation (KRW held and moved, "
                     "revalued to the latest FX) + inventory revaluation (pre-funded coins and "
@@ -309,25 +328,14 @@ def _decomposition_section(kpi: dict) -> dict:
     if any(kpi.get(k) is None for k in keys):
         sec["placeholder"] = "Needs kpi.json (the run has not finished writing it)."
         return sec
-    import plotly.graph_objects as go
-
     labels = ["account at start", "trading PnL", "FX translation", "inventory revaluation",
               "account at end"]
-    start = kpi["account_value_start_usd"]
-    fig = go.Figure(go.Waterfall(
-        x=labels, y=[start, kpi["total_pnl_usd"], kpi["fx_translation_usd"],
-                     kpi["inventory_mtm_usd"], kpi["account_value_end_usd"]],
-        measure=["absolute", "relative", "relative", "relative", "total"],
-        text=[fmt(kpi[k]) for k in keys], textposition="outside",
-        increasing=dict(marker=dict(color="#2ca02c")), decreasing=dict(marker=dict(color="#d62728")),
-        totals=dict(marker=dict(color=_COLORS["equity"])), connector=dict(line=dict(color="#c3c8d2"))))
-    _style(fig, 340)
-    lo = min(start, kpi["account_value_end_usd"]) - 3 * max(
-        abs(kpi["total_pnl_usd"]), abs(kpi["fx_translation_usd"]), abs(kpi["inventory_mtm_usd"]), 1.0)
-    hi = max(start, kpi["account_value_end_usd"]) + 3 * max(
-        abs(kpi["total_pnl_usd"]), abs(kpi["fx_translation_usd"]), abs(kpi["inventory_mtm_usd"]), 1.0)
-    fig.update_yaxes(title_text="USD", range=[lo, hi])
-    fig.update_layout(showlegend=False)
+    start, end = kpi["account_value_start_usd"], kpi["account_value_end_usd"]
+    fig = _waterfall(labels, [kpi[k] for k in keys],
+                     ["absolute", "relative", "relative", "relative", "total"], 340)
+    # the account is large against its changes: show the changes, not the axis from 0
+    pad = 3 * max(abs(kpi[k]) for k in keys[1:4]) or 1.0
+    fig.update_yaxes(range=[min(start, end) - pad, max(start, end) + pad])
     rows_t = [[cell(lbl), cell(kpi[k], "USD", key=k, signed=k not in (keys[0], keys[-1]))]
               for lbl, k in zip(labels, keys, strict=True)]
     rows_t.insert(2, [cell("  of which realised / unrealised"),
@@ -339,11 +347,12 @@ def _decomposition_section(kpi: dict) -> dict:
 
 
 def _premium_section(rd: RunData) -> dict:
-    sec = {"id": "premium", "nav": "premium & trades", "title": "Premium, level and trades per symbol",
+    sec = {"id": "premium", "nav": "premium & trades",
+           "title": "Premium, level and trades per symbol",
            "intro": "Upbit's mid over Binance's mid in USD (bps), the EWMA level entries deviate "
                     "from, and every trade: entries and exits at the premium their decision "
-                    "prices gave, hedges on the mid premium. Choose the symbol at the plot's top left (the "
-                    "symbols with the most trades first)."}
+                    "prices gave, hedges on the mid premium. Choose the symbol at the plot's top "
+                    "left (the symbols with the most trades first)."}
     markers = trade_markers(rd.rows, rd.premium)
     prem = rd.premium
     names = sorted(set(np.unique(prem["symbol"]).tolist() if prem is not None else [])
@@ -401,7 +410,8 @@ _METRICS = (("slippage_bps", "Slippage (bps, beyond the best price at arrival)")
 
 
 def _execution_section(rows: list[dict]) -> dict:
-    sec = {"id": "execution", "nav": "execution", "title": "Execution quality per venue and leg",
+    sec = {"id": "execution", "nav": "execution",
+           "title": "Execution quality per venue and leg",
            "intro": "Distributions over the legs sent, per venue and leg kind: boxes from the "
                     "25th to the 75th percentile with the median, whiskers at the 5th and 95th, "
                     "the mean dashed. Slippage and latency cost count filled legs only."}
@@ -437,7 +447,8 @@ def _execution_section(rows: list[dict]) -> dict:
 
 
 def _edge_section(kpi: dict) -> dict:
-    sec = {"id": "edge", "nav": "predicted vs realised", "title": "Predicted vs realised edge by entry bucket",
+    sec = {"id": "edge", "nav": "predicted vs realised",
+           "title": "Predicted vs realised edge by entry bucket",
            "intro": "Round trips grouped by how far the entry's premium deviated from its level "
                     "(bps): the net edge the entry rule predicted against what the round trip "
                     "realised, both in bps of one leg's notional."}
@@ -469,7 +480,8 @@ def _edge_section(kpi: dict) -> dict:
 
 
 def _balances_section(rd: RunData) -> dict:
-    sec = {"id": "balances", "nav": "balances & exposure", "title": "Balances and unhedged exposure",
+    sec = {"id": "balances", "nav": "balances & exposure",
+           "title": "Balances and unhedged exposure",
            "intro": "Each venue's balances in USD at every mark (KRW at the KRW-USDT mid, coins "
                     "at their venue's mid), and the strategy's exposure: unhedged is the two "
                     "venues' coin positions netted (what a price move costs), gross the larger "
@@ -509,24 +521,19 @@ def _counts_table(caption: str, counts: dict, key: str) -> dict:
 
 
 def _risk_section(kpi: dict) -> dict:
-    sec = {"id": "risk", "nav": "refusals & rejects", "title": "Risk refusals and rejected events",
+    sec = {"id": "risk", "nav": "refusals & rejects",
+           "title": "Risk refusals and rejected events",
            "intro": "Entries the risk limits refused, entries the cost model declined, sizes "
                     "clipped, and the market events rejected before any decision (by reason)."}
     if not kpi or "refusals" not in kpi:
         sec["placeholder"] = "Needs kpi.json (the run has not finished writing it)."
         return sec
     sec["tiles"] = [
-        {"label": "events processed", "key": "events_processed",
-         "raw": _raw(kpi.get("events_processed")), "text": fmt(kpi.get("events_processed")), "cls": ""},
-        {"label": "events rejected", "key": "events_rejected",
-         "raw": _raw(kpi.get("events_rejected")), "text": fmt(kpi.get("events_rejected")), "cls": ""},
-        {"label": "entries declined by cost", "key": "entries_declined_by_cost",
-         "raw": _raw(kpi.get("entries_declined_by_cost")),
-         "text": fmt(kpi.get("entries_declined_by_cost")), "cls": ""},
-        {"label": "partial / failed fills", "key": "failed_fills_count",
-         "raw": _raw(kpi.get("failed_fills_count")),
-         "text": f"{fmt(kpi.get('partial_fills_count'))} / {fmt(kpi.get('failed_fills_count'))}",
-         "cls": ""},
+        tile("events processed", kpi, "events_processed"),
+        tile("events rejected", kpi, "events_rejected"),
+        tile("entries declined by cost", kpi, "entries_declined_by_cost"),
+        {**tile("partial / failed fills", kpi, "failed_fills_count"),
+         "text": f"{fmt(kpi.get('partial_fills_count'))} / {fmt(kpi.get('failed_fills_count'))}"},
     ]
     sec["tables"] = [
         _counts_table("risk refusals", kpi.get("refusals") or {}, "refusals"),
@@ -540,7 +547,8 @@ def _risk_section(kpi: dict) -> dict:
 
 
 def _symbols_section(kpi: dict) -> dict:
-    sec = {"id": "symbols", "nav": "per symbol", "title": "Per symbol"}
+    sec = {"id": "symbols", "nav": "per symbol",
+           "title": "Per symbol"}
     per = kpi.get("per_symbol") or {}
     if not per:
         sec["placeholder"] = "No per-symbol figures (kpi.json missing, or nothing traded)."
@@ -556,7 +564,8 @@ def _symbols_section(kpi: dict) -> dict:
 
 def _statistics_section(kpi: dict) -> dict:
     st = kpi.get("statistics") or {}
-    sec = {"id": "statistics", "nav": "statistics", "title": "Statistics",
+    sec = {"id": "statistics", "nav": "statistics",
+           "title": "Statistics",
            "intro": "From the trade log and the equity curve alone (any past run gives the same). "
                     "Round-trip returns are PnL over the entry's notional; per-minute returns are "
                     "equity changes over the account's start value, annualised with 365 days "
@@ -565,7 +574,8 @@ def _statistics_section(kpi: dict) -> dict:
         sec["placeholder"] = "No statistics."
         return sec
     t2f = kpi.get("tick_to_fill_ms") or {}
-    rows = [[cell(lbl), cell(st.get(k), unit, key=f"statistics.{k}")] for lbl, k, unit in STATISTICS]
+    rows = [[cell(lbl), cell(st.get(k), unit, key=f"statistics.{k}")]
+            for lbl, k, unit in STATISTICS]
     rows += [[cell("tick-to-fill p50 / p99 (wall)"),
               cell(f"{fmt(t2f.get('p50'))} / {fmt(t2f.get('p99'))} ms")]] if t2f else []
     sec["tables"] = [{"columns": ["statistic", "value"], "rows": rows}]
@@ -573,7 +583,8 @@ def _statistics_section(kpi: dict) -> dict:
 
 
 def _config_section(rd: RunData) -> dict:
-    sec = {"id": "config", "nav": "configuration", "title": "Configuration and data",
+    sec = {"id": "config", "nav": "configuration",
+           "title": "Configuration and data",
            "intro": "The effective settings of the run (settings.json) by their environment "
                     "variable names, and where its data came from (run.json)."}
     info = rd.info
@@ -624,12 +635,7 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None) -> tupl
     if rd.status == "running":
         notices.insert(0, "This run is still in progress (or stopped without finishing): the "
                           "report shows what its folder holds now; build it again for more.")
-    tiles = []
-    for label, path, unit, signed in HEADLINE:
-        v = _get(kpi, path)
-        c = cell(v, unit, key=path, signed=signed)
-        tiles.append({"label": label, "key": path, "raw": c["raw"], "text": c["text"],
-                      "cls": c["cls"].replace("text", "").strip()})
+    tiles = [tile(label, kpi, path, unit, signed) for label, path, unit, signed in HEADLINE]
     sections = [
         {"id": "headline", "title": "Summary", "tiles": tiles},
         _equity_section(rd, equity, from_rows),
@@ -714,4 +720,4 @@ def build_compare_report(run_dirs: list[str | Path], out: str | Path) -> tuple[P
 
 
 __all__ = ["MAX_LINE_POINTS", "build_compare_report", "build_run_report", "cell", "fig_div",
-           "fmt", "kpi_from_rows", "plotly_js", "render_page"]
+           "fmt", "kpi_from_rows", "plotly_js", "render_page", "tile"]
