@@ -6,6 +6,7 @@
     python run.py report logs/<run_id>              # <run_id>/report.html: plots and tables
     python run.py compare logs/A logs/B             # two runs' KPIs side by side (+ HTML)
     python run.py show-config                       # the effective settings and their sources
+    python run.py sweep spec.toml --out sweeps/a    # many runs over parameters, fanned out on Ray
 
 Every problem with the input (flags, environment, files) ends the run with exit code 2 and one
 line naming what is wrong. See README.md for every flag and ../.env.paper for every setting.
@@ -62,7 +63,7 @@ def _int(name: str):
 
 
 #: subcommands; anything else is the default one, ``run`` (so ``python run.py`` keeps working)
-SUBCOMMANDS = ("run", "report", "runs", "compare", "show-config")
+SUBCOMMANDS = ("run", "report", "runs", "compare", "show-config", "sweep")
 
 EPILOG = """subcommands (the default is run):
   run.py [run] [flags]        run the paper trader (the flags above)
@@ -71,6 +72,9 @@ EPILOG = """subcommands (the default is run):
   run.py compare A B [...]    KPIs of run folders side by side, with differences to A, and
                               an HTML page with their equity curves (--html PATH)
   run.py show-config          the effective settings and where each came from
+  run.py sweep SPEC --out DIR [--ray-address A] [--resume]
+                              a parameter sweep / walk-forward study over many runs, one Ray
+                              task per trial (docs/sweeps.md); --resume DIR continues one
 
 examples:
   run.py --engine local --volatility 5 --run-duration-seconds 600 --report
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(argv)
         if cmd == "show-config":
             return _show_config(argv)
+        if cmd == "sweep":
+            return _sweep(argv)
     return _run(argv)
 
 
@@ -237,6 +243,56 @@ def _show_config(argv: list[str]) -> int:
     for name in sorted(values):
         print(f"{name.upper().ljust(width)} = {json.dumps(values[name])}  ({sources[name]})")
     return 0
+
+
+def _sweep(argv: list[str]) -> int:
+    p = _Parser(prog="run.py sweep", description="Run a parameter sweep or walk-forward study "
+                "(a TOML SPEC, see docs/sweeps.md): every trial a run of the local engine, fanned "
+                "out as Ray tasks over every core of an embedded cluster (or --ray-address).")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="the sweep's TOML file")
+    p.add_argument("--out", help="the sweep folder: results, summary, report.html, trials/")
+    p.add_argument("--resume", nargs="?", const=True, metavar="SWEEP_DIR",
+                   help="continue an interrupted sweep (its folder), skipping finished trials")
+    p.add_argument("--ray-address", help="run on an existing Ray cluster")
+    p.add_argument("--monitoring-enabled", action="store_true",
+                   help="the Ray dashboard of the embedded cluster (trials by name)")
+    p.add_argument("--env-file", help="base settings from this file instead of .env.<ARBITRAGE_ENV>")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = p.parse_args(argv)
+    out, spec_path = args.out, args.spec
+    if isinstance(args.resume, str):
+        if out and Path(out) != Path(args.resume):
+            return _fail("sweep: give the sweep folder once (--resume DIR, or --out DIR --resume)")
+        out = args.resume
+        spec_path = spec_path or str(Path(out) / "spec.toml")
+    if not spec_path or not out:
+        return _fail("sweep: give a SPEC and --out DIR (or --resume DIR)")
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING" if args.quiet else "INFO",
+               format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
+    from common.research.driver import SweepError
+    from common.research.plan import build_plan
+    from common.research.spec import SpecError, load_spec
+    from common.settings import SettingsError
+
+    try:
+        plan = build_plan(load_spec(spec_path), env_file=args.env_file)
+    except (SpecError, SettingsError) as e:
+        return _fail(str(e))
+    from actors.sweep import run_sweep_on_ray
+
+    try:
+        outcome = run_sweep_on_ray(plan, out, args.ray_address, resume=bool(args.resume),
+                                   progress=not args.quiet, dashboard=args.monitoring_enabled)
+    except SweepError as e:
+        return _fail(str(e))
+    print(outcome.summary)
+    print(f"results: {Path(out) / 'sweep_results.parquet'} (and .csv), "
+          f"{Path(out) / 'summary.json'}, {Path(out) / 'report.html'}", flush=True)
+    from common.engine.report import exit_code
+
+    # 130 after SIGINT, 143 after SIGTERM, as a run; a sweep cut short otherwise: 130 too
+    return exit_code(outcome.stopped_by) or (130 if outcome.interrupted else 0)
 
 
 #: flags that shape a run: a resumed run takes all of them from its folder
