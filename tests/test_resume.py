@@ -83,7 +83,7 @@ def reference(tmp_path_factory):
 
 def test_driver_killed_then_resumed_equals_the_uninterrupted_run(reference, tmp_path):
     logs = tmp_path / "logs"
-    proc = start([*MOCK, "--speed", "60", "--log-dir", str(logs)], tmp_path)
+    proc = start([*MOCK, "--speed", "120", "--log-dir", str(logs)], tmp_path)
     try:
         wait_for_rows(logs, 40, proc)
     finally:
@@ -105,7 +105,7 @@ def test_driver_killed_then_resumed_equals_the_uninterrupted_run(reference, tmp_
 
 def test_ctrl_c_then_resumed_equals_the_uninterrupted_run(reference, tmp_path):
     logs = tmp_path / "logs"
-    proc = start([*MOCK, "--speed", "60", "--log-dir", str(logs)], tmp_path)
+    proc = start([*MOCK, "--speed", "120", "--log-dir", str(logs)], tmp_path)
     wait_for_rows(logs, 40, proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
@@ -140,11 +140,22 @@ def test_a_replay_resumed_equals_the_uninterrupted_replay(tmp_path):
     assert_same_folder(folder(tmp_path / "ref"), folder(logs))
 
 
-def test_what_cannot_be_resumed_is_refused_in_one_line(reference, tmp_path):
-    one_line_error(run(["--resume", str(reference)], cwd=tmp_path), "finished")
-    one_line_error(run(["--resume", str(tmp_path / "nope")], cwd=tmp_path), "not a run folder")
-    one_line_error(run(["--resume", str(reference), "--seed", "3", "--engine", "ray"],
-                       cwd=tmp_path), "--engine ray", "--seed")
+def resume_refusal(capsys, *args) -> str:
+    """``run.py --resume ...`` in this process (no interpreter start per case): exit 2 and one
+    line on stderr, which is returned."""
+    import run as cli
+
+    assert cli.main(["--resume", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("run.py: error: "), err
+    return err
+
+
+def test_what_cannot_be_resumed_is_refused_in_one_line(reference, tmp_path, capsys):
+    assert "finished" in resume_refusal(capsys, str(reference))
+    assert "not a run folder" in resume_refusal(capsys, str(tmp_path / "nope"))
+    err = resume_refusal(capsys, str(reference), "--seed", "3", "--engine", "ray")
+    assert "--engine ray" in err and "--seed" in err
     d = tmp_path / "ray-run"
     d.mkdir()
     (d / "trades").mkdir()
@@ -152,14 +163,16 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(reference, tmp_path):
     info = json.loads((reference / "run.json").read_text())
     (d / "settings.json").write_text((reference / "settings.json").read_text())
     (d / "run.json").write_text(json.dumps({**info, "status": "running", "engine": "ray"}))
-    one_line_error(run(["--resume", str(d)], cwd=tmp_path), "ray engine")
+    assert "ray engine" in resume_refusal(capsys, str(d))
     (d / "run.json").write_text(json.dumps({**info, "status": "running"}))
-    one_line_error(run(["--resume", str(d)], cwd=tmp_path), "no checkpoint.pkl")
+    assert "no checkpoint.pkl" in resume_refusal(capsys, str(d))
     (d / "checkpoint.pkl").write_bytes(b"\x80\x05torn")
-    one_line_error(run(["--resume", str(d)], cwd=tmp_path), "unreadable checkpoint")
+    assert "unreadable checkpoint" in resume_refusal(capsys, str(d))
     (d / "run.json").write_text(json.dumps({**info, "status": "running",
                                             "data_source": {"kind": "real"}}))
-    one_line_error(run(["--resume", str(d)], cwd=tmp_path), "cannot be replayed")
+    assert "cannot be replayed" in resume_refusal(capsys, str(d))
+    # and through the real command line, once
+    one_line_error(run(["--resume", str(reference)], cwd=tmp_path), "finished")
 
 
 def test_checkpoint_files_are_whole_and_versioned(tmp_path):
