@@ -2,7 +2,7 @@
 reject (``FrameError`` with a reason): never another exception. A book that parses then goes
 through the batch and the validator, which accept it or name its reject: nothing escapes.
 
-Inputs tried per run: ``FUZZ_EXAMPLES`` (default 250; CI's figure) random byte strings and as
+Inputs tried per run: ``FUZZ_EXAMPLES`` (default 150; CI's figure) random byte strings and as
 many structure-aware frames (real frame shapes with any JSON values in any field) per venue;
 ``FUZZ_EXAMPLES=20000 pytest tests/test_parser_fuzz.py`` for a long run.
 """
@@ -23,7 +23,7 @@ from common.marketdata.validate import REASON_CODE, BookValidator
 
 REASONS = set(REASON_CODE)
 SYMBOLS = {"KRW-BTC": "BTC", "KRW-USDT": "USDT"}
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 

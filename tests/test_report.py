@@ -402,7 +402,7 @@ def test_quiet_turns_the_live_view_off_too():
 
 @pytest.mark.slow
 def test_report_of_a_run_while_it_runs(tmp_path):
-    """A paced run (100 event-seconds per wall second) reported mid-way: its folder already
+    """A paced run (150 event-seconds per wall second) reported mid-way: its folder already
     has run.json (running), settings.json and the trade log written so far."""
     import subprocess
     import sys
@@ -416,7 +416,7 @@ def test_report_of_a_run_while_it_runs(tmp_path):
 
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--engine", "local",
                              "--volatility", "4", "--run-duration-seconds", "600", "--speed",
-                             "100", "--quiet", "--log-dir", str(logs)], cwd=tmp_path,
+                             "150", "--quiet", "--log-dir", str(logs)], cwd=tmp_path,
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
