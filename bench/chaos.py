@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.reporting.trade_log import read_trade_log_tolerant  # noqa: E402
 from tests.ray_helpers import stable  # noqa: E402
 
 ENV = {"CHECKPOINT_INTERVAL_S": "0.5", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -41,15 +42,7 @@ def env() -> dict:
 
 def rows_of(run_dir: Path) -> list[dict]:
     logs = list((run_dir / "trades").glob("*.jsonl"))
-    if not logs:
-        return []
-    out = []
-    for line in logs[0].read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a torn last line
-    return out
+    return read_trade_log_tolerant(logs[0])[0] if logs else []  # a torn last line skipped
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from common.reporting.analysis import (
 from common.reporting.html import build_compare_report, build_run_report
 from common.reporting.series import SeriesRecorder
 from common.reporting.stats import statistics
-from common.reporting.trade_log import read_trade_log
+from common.reporting.trade_log import read_trade_log, read_trade_log_tolerant
 from tests.test_cli import one_line_error, run
 
 SECTIONS = ("headline", "equity", "waterfall", "decomposition", "premium", "execution", "edge",
@@ -166,20 +166,11 @@ def test_a_damaged_folder_reports_what_is_there_and_says_what_is_not(runs, tmp_p
     values = data_values(page)
     # the headline is recomputed from the rows that are whole
     assert values["trades_executed"] == rows_whole
-    rows = read_trade_log_tolerant(jsonl)
+    rows, bad = read_trade_log_tolerant(jsonl)
+    assert bad == 1 and len(rows) == rows_whole
     assert values["round_trips_completed"] == sum(1 for r in rows if r["round_trip_closed"])
     assert values["realized_pnl_usd"] == pytest.approx(
         sum(r["round_trip_pnl_usd"] for r in rows if r["round_trip_closed"]), abs=1e-9)
-
-
-def read_trade_log_tolerant(path):
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def test_a_run_in_progress_is_reported_as_such(runs, tmp_path):

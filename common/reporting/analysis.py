@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from common.reporting.trade_log import FIELD_NAMES
+from common.reporting.trade_log import FIELD_NAMES, read_trade_log_tolerant
 
 _QUOTES = ("KRW", "USDT")
 LEG_KINDS = ("entry", "exit", "hedge")
@@ -93,19 +93,7 @@ def read_rows_tolerant(trades_dir: Path, notices: list[str]) -> list[dict]:
     from the Parquet log when the JSONL is missing."""
     jsonl = sorted(trades_dir.glob("*_trade_log.jsonl")) if trades_dir.is_dir() else []
     if jsonl:
-        rows, bad = [], 0
-        for line in jsonl[0].read_text(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if isinstance(row, dict) and row.get("trade_id"):
-                rows.append(row)
-            else:
-                bad += 1
+        rows, bad = read_trade_log_tolerant(jsonl[0])
         if bad:
             notices.append(f"{jsonl[0].name}: {bad} unreadable line(s) skipped (a torn or "
                            f"truncated trade log); {len(rows)} rows used")

@@ -106,16 +106,12 @@ class TradeLogger:
         self.duplicates_dropped = 0
         recovered: list[dict] = []
         if self.jsonl_path.exists():
-            # reopened after a restart: keep what was written, never write an id twice
-            for line in self.jsonl_path.read_text().splitlines():
-                if line.strip():
-                    try:
-                        row = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        continue  # a torn last line from a crash; its trade is re-sent
-                    if row["trade_id"] not in self._seen:
-                        self._seen.add(row["trade_id"])
-                        recovered.append(row)
+            # reopened after a restart: keep what was written, never write an id twice (a torn
+            # last line from a crash is skipped: its trade is re-sent)
+            for row in read_trade_log_tolerant(self.jsonl_path)[0]:
+                if row["trade_id"] not in self._seen:
+                    self._seen.add(row["trade_id"])
+                    recovered.append(row)
             if keep_rows is not None:
                 recovered = recovered[:keep_rows]
                 self._seen = {r["trade_id"] for r in recovered}
@@ -171,3 +167,22 @@ def read_trade_log(path: str | Path) -> list[dict]:
     """Rows of a JSONL trade log (orjson: the end of a run reads its whole log back for the
     statistics, so this is part of every trade's cost)."""
     return [orjson.loads(line) for line in Path(path).read_bytes().splitlines() if line.strip()]
+
+
+def read_trade_log_tolerant(path: str | Path) -> tuple[list[dict], int]:
+    """Rows of a JSONL trade log that may end in a torn line (a crash, a run still writing):
+    every whole row, and how many non-empty lines were not one (skipped)."""
+    rows, bad = [], 0
+    for line in Path(path).read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and row.get("trade_id"):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
