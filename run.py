@@ -359,10 +359,7 @@ def _run(argv: list[str]) -> int:
         return _fail(str(e))
     run_id = new_run_id()
     top_n = settings.topn_size
-    # the run's own log, in its folder: rotated by size for long live runs
-    logger.add(Path(args.log_dir) / run_id / "run.log", level="DEBUG",
-               rotation=f"{settings.log_rotation_mb} MB", retention=settings.log_retention_files,
-               format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}:{line} {message}")
+    _log_to_run_folder(Path(args.log_dir) / run_id, settings)
 
     from common.engine.local import run_local
     from common.engine.pacing import paced
@@ -427,9 +424,7 @@ def _resume(args) -> int:
         source = paced(source, speed)
     _log_to_terminal(args.quiet)
     run_dir = Path(plan["log_dir"]) / plan["run_id"]
-    logger.add(run_dir / "run.log", level="DEBUG", rotation=f"{settings.log_rotation_mb} MB",
-               retention=settings.log_retention_files,
-               format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}:{line} {message}")
+    _log_to_run_folder(run_dir, settings)
     try:
         report = run_local(settings, source, plan["run_id"], plan["log_dir"],
                            args.kpi_output_path, plan["top_n"], progress=not args.quiet,
@@ -440,6 +435,14 @@ def _resume(args) -> int:
     if args.report:
         _write_report(str(run_dir))
     return exit_code(report.get("stopped_by"))
+
+
+def _log_to_run_folder(run_dir: Path, settings) -> None:
+    """The run's own log, in its folder (appended to by a resume): rotated by size for long
+    live runs."""
+    logger.add(run_dir / "run.log", level="DEBUG", rotation=f"{settings.log_rotation_mb} MB",
+               retention=settings.log_retention_files,
+               format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}:{line} {message}")
 
 
 def _log_to_terminal(quiet: bool) -> None:
