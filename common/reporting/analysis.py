@@ -13,7 +13,6 @@ not use. The rest are pure functions of the trade rows and series:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from common.reporting.runs import read_json
 from common.reporting.trade_log import FIELD_NAMES, read_trade_log_tolerant
 
 _QUOTES = ("KRW", "USDT")
@@ -60,13 +60,9 @@ class RunFolderMissing(ValueError):
 
 
 def _json(path: Path, what: str, notices: list[str]) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        notices.append(f"no {path.name}: {what}")
-        return {}
-    except (OSError, ValueError) as e:
-        notices.append(f"{path.name} unreadable ({type(e).__name__}): {what}")
+    obj, problem = read_json(path)
+    if problem:
+        notices.append(f"{problem}: {what}")
         return {}
     if not isinstance(obj, dict):
         notices.append(f"{path.name} is not a JSON object: {what}")

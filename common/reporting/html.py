@@ -29,6 +29,7 @@ from common.reporting.analysis import (
     load_run_folder,
     trade_markers,
 )
+from common.reporting.runs import kpi_at
 from common.reporting.stats import statistics
 
 #: a line keeps at most this many points (min and max of each bucket)
@@ -73,17 +74,9 @@ def cell(v, unit: str = "", key: str | None = None, signed: bool = False,
 
 def tile(label: str, kpi: dict, path: str, unit: str = "", signed: bool = False) -> dict:
     """A headline figure: the KPI at ``path`` (dotted), with its exact value carried along."""
-    c = cell(_get(kpi, path), unit, key=path, signed=signed)
+    c = cell(kpi_at(kpi, tuple(path.split("."))), unit, key=path, signed=signed)
     return {"label": label, "key": path, "raw": c["raw"], "text": c["text"],
             "cls": c["cls"].replace("text", "").strip()}
-
-
-def _get(d: dict, path: str):
-    for part in path.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -665,7 +658,6 @@ def build_compare_report(run_dirs: list[str | Path], out: str | Path) -> tuple[P
     start, so runs over different periods line up) and their KPIs side by side with the
     differences to the first run."""
     from common.reporting.runs import COMPARED
-    from common.reporting.runs import _get as _lookup
 
     runs = [load_run_folder(d) for d in run_dirs]
     notices = [f"{rd.run_id}: {n}" for rd in runs for n in rd.notices]
@@ -688,7 +680,7 @@ def build_compare_report(run_dirs: list[str | Path], out: str | Path) -> tuple[P
     header = ["figure"] + [f"{chr(65 + k) if k < 26 else k}" for k in range(len(runs))]
     rows = []
     for label, path, unit in COMPARED:
-        vals = [_lookup(rd.kpi, path) for rd in runs]
+        vals = [kpi_at(rd.kpi, path) for rd in runs]
         row = [cell(f"{label}{f' ({unit})' if unit else ''}")]
         base = vals[0]
         for k, v in enumerate(vals):

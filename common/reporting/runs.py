@@ -44,7 +44,9 @@ class RunFolderError(ValueError):
     """A path that is not a run folder (one line for the user)."""
 
 
-def _read_json(path: Path) -> tuple[dict | None, str | None]:
+def read_json(path: Path) -> tuple[dict | None, str | None]:
+    """A run folder's JSON file and None, or None and what is wrong (``no kpi.json``,
+    ``kpi.json unreadable (JSONDecodeError)``)."""
     try:
         return json.loads(path.read_text()), None
     except FileNotFoundError:
@@ -58,8 +60,8 @@ def load_run(run_dir: str | Path) -> dict:
     d = Path(run_dir)
     if not d.is_dir():
         raise RunFolderError(f"{d}: not a run folder (no such directory)")
-    kpi, p1 = _read_json(d / "kpi.json")
-    info, p2 = _read_json(d / "run.json")
+    kpi, p1 = read_json(d / "kpi.json")
+    info, p2 = read_json(d / "run.json")
     if kpi is None and info is None and not (d / "trades").is_dir():
         raise RunFolderError(f"{d}: not a run folder (no kpi.json, run.json or trades/)")
     return {"dir": d, "kpi": kpi or {}, "info": info or {},
@@ -80,7 +82,8 @@ def list_runs(log_dir: str | Path) -> list[dict]:
     return out
 
 
-def _get(d: dict, path: tuple[str, ...]):
+def kpi_at(d: dict, path: tuple[str, ...]):
+    """The value at ``path`` in a KPI JSON (``("statistics", "profit_factor")``), or None."""
     for k in path:
         if not isinstance(d, dict) or k not in d:
             return None
@@ -148,7 +151,7 @@ def compare_rows(runs: list[dict]) -> list[tuple[str, list, list]]:
     """(label with unit, each run's value, each run's difference to the first) per figure."""
     out = []
     for label, path, unit in COMPARED:
-        vals = [_get(r["kpi"], path) for r in runs]
+        vals = [kpi_at(r["kpi"], path) for r in runs]
         base = vals[0]
         diffs = [(v - base) if isinstance(v, int | float) and isinstance(base, int | float)
                  and not isinstance(v, bool) else None for v in vals]
