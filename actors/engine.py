@@ -452,7 +452,7 @@ def _run(settings, source, run_id, log_dir, kpi_path, top_n, opts, ns, handles, 
                           closed["parquet_path"], engine="ray", data_source=source.kind,
                           interrupted=stop.signal is not None, stopped_by=stop.signal)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
-    finish_run(report, ray.get(kpi.equity_table.remote()), settings, source,
+    finish_run(report, ray.get(kpi.equity_table.remote()), source,
                Path(log_dir) / run_id, kpi_path, started_utc, series)
     calls = {"driver": driver_calls, "to_symbols": cstats["calls_to_symbols"],
              "to_sinks": cstats["calls_to_sinks"], "recoveries": cstats["recoveries"],

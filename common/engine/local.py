@@ -160,7 +160,7 @@ def run_local(settings: Settings, source: MarketSource, run_id: str, log_dir: st
                           data_source=source.kind, interrupted=interrupted,
                           stopped_by=stop.signal)
     # the run folder holds everything about the run; --kpi-output-path writes a copy
-    finish_run(report, kpi.equity_table(), settings, source, run_dir, kpi_path,
+    finish_run(report, kpi.equity_table(), source, run_dir, kpi_path,
                started_utc, coord.series.tables())
     if not interrupted:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume

@@ -51,14 +51,14 @@ def build_report(kpi_report: dict, coord_part: dict, settings: Settings, run_id:
     return rep
 
 
-def finish_run(report: dict, equity: dict[str, list], settings: Settings, source,
+def finish_run(report: dict, equity: dict[str, list], source,
                run_dir: str | Path, kpi_path: str | Path | None, started_utc: str,
                series: dict | None = None) -> dict:
     """What both engines do with a finished run's report: add its statistics, write the run
     folder (``write_run_folder``, and the plot series of ``SeriesRecorder.tables``) and the
     ``--kpi-output-path`` copy. ``source`` is the run's ``MarketSource``."""
     add_statistics(report, equity)
-    write_run_folder(run_dir, report, settings, source.kind, source.description, source.origin,
+    write_run_folder(run_dir, report, source.kind, source.description, source.origin,
                      equity, started_utc)
     if series:
         write_series(run_dir, series)
@@ -140,17 +140,15 @@ def _run_info(run_id: str, engine: str, started_utc: str, status: str, wall_s: f
             "event_time_span_ns": span, "symbols": symbols}
 
 
-def write_run_folder(run_dir: str | Path, report: dict, settings: Settings, source_kind: str,
-                     description: str, origin: dict, equity: dict[str, list],
-                     started_utc: str) -> None:
-    """Everything about a finished run in its folder, beside ``trades/`` and ``run.log``:
-    ``kpi.json``, ``settings.json`` (the effective settings), ``run.json`` (engine, code
+def write_run_folder(run_dir: str | Path, report: dict, source_kind: str, description: str,
+                     origin: dict, equity: dict[str, list], started_utc: str) -> None:
+    """Everything about a finished run in its folder, beside ``trades/``, ``run.log`` and the
+    ``settings.json`` of ``start_run_folder``: ``kpi.json``, ``run.json`` (engine, code
     version, data source, event-time span and ``status``: finished or interrupted) and
     ``equity.parquet`` (equity and drawdown)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_kpi(report, run_dir / "kpi.json")
-    _write_json(run_dir / "settings.json", settings.effective())
     first, last = report.get("event_time_span_ns", [-1, -1])
     _write_json(run_dir / "run.json", _run_info(
         report["run_id"], report["engine"], started_utc,
