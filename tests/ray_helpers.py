@@ -1,6 +1,9 @@
-"""Shared helpers of the Ray tests: comparable KPI reports and trade logs."""
+"""Shared helpers of the Ray tests: comparable KPI reports and trade logs, a two-node cluster."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from common.reporting.trade_log import read_trade_log
 
@@ -40,3 +43,22 @@ def assert_same_run(a: dict, b: dict) -> None:
     ra, rb = rows_of(a), rows_of(b)
     assert [r["trade_id"] for r in ra] == [r["trade_id"] for r in rb]
     assert stable(ra) == stable(rb)
+
+
+@contextmanager
+def two_node_cluster(namespace: str) -> Iterator[object]:
+    """A head and a worker node of one CPU each on this machine, this process connected to
+    it in ``namespace``; both shut down afterwards."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace=namespace)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

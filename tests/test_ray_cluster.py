@@ -6,13 +6,12 @@ import uuid
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from actors.engine import RayOptions, run_ray
 from common.engine.build import open_source
 from common.engine.local import run_local
 from common.settings import Settings
-from tests.ray_helpers import assert_same_run
+from tests.ray_helpers import assert_same_run, two_node_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -21,14 +20,8 @@ NS = f"test-ray-cluster-{uuid.uuid4().hex[:8]}"
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=NS)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with two_node_cluster(NS) as cluster:
+        yield cluster
 
 
 def test_symbol_actors_span_both_nodes_with_the_same_results(two_nodes, tmp_path):

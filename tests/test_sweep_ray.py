@@ -16,14 +16,12 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
-import ray
-from ray.cluster_utils import Cluster
 
 from common.research.driver import SequentialRunner, SweepError, run_sweep
 from common.research.plan import build_plan
 from common.research.spec import parse_spec
 from common.research.store import RESULT
-from tests.ray_helpers import stable
+from tests.ray_helpers import stable, two_node_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -163,14 +161,8 @@ def test_walk_forward_sweep_interrupted_by_ctrl_c_then_resumed(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="sweep-test")
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with two_node_cluster("sweep-test") as cluster:
+        yield cluster
 
 
 def test_grid_sweep_on_two_nodes_equals_in_process(two_nodes, tmp_path):
