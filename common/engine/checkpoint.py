@@ -19,9 +19,10 @@ A checkpoint is a pickle: resume only run folders you made (unpickling runs code
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
+
+from common.engine.storage import write_atomically
 
 CHECKPOINT = "checkpoint.pkl"
 FORMAT = 1
@@ -33,14 +34,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(run_dir: str | Path, state: dict) -> int:
     """Write ``state`` (the engine's objects and its position) atomically; returns its size."""
-    run_dir = Path(run_dir)
     data = pickle.dumps({"format": FORMAT, **state}, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / CHECKPOINT)
+    write_atomically(Path(run_dir) / CHECKPOINT, data, durable=True)
     return len(data)
 
 

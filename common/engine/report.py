@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from loguru import logger
 
+from common.engine.storage import write_atomically
 from common.reporting.kpi import KpiAccumulator, SymbolKpi
 from common.reporting.series import write_series
 from common.reporting.stats import statistics
@@ -163,10 +164,8 @@ def write_run_folder(run_dir: str | Path, report: dict, source_kind: str, descri
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False,
-                              default=_json_default))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False,
+                                      default=_json_default))
 
 
 def write_kpi(report: dict, path: str | Path) -> None:
@@ -174,10 +173,7 @@ def write_kpi(report: dict, path: str | Path) -> None:
     path = Path(path)
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False,
-                              default=_json_default))
-    os.replace(tmp, path)
+    _write_json(path, report)
 
 
 def _json_default(o):

@@ -11,6 +11,21 @@ from pathlib import Path
 MIN_FREE_MB = 64
 
 
+def write_atomically(path: str | Path, data: bytes | str, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it and a rename: a reader, or
+    a crash, sees the old file or the new one, never half of one. ``durable``: fsync the data
+    before the rename (a checkpoint must survive a power cut, not only a killed process)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 class StorageError(OSError):
     """A directory a run cannot use (one line for the user)."""
 
@@ -38,4 +53,4 @@ def check_writable_dir(path: str | Path, what: str, min_free_mb: float = MIN_FRE
     return d
 
 
-__all__ = ["MIN_FREE_MB", "StorageError", "check_writable_dir"]
+__all__ = ["MIN_FREE_MB", "StorageError", "check_writable_dir", "write_atomically"]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from common.engine.storage import write_atomically
 from common.reporting.analysis import (
     WATERFALL_STEPS,
     RunData,
@@ -144,13 +144,6 @@ def render_page(title: str, heading: str, subtitle: str, status: str, sections: 
     return _template().render(title=title, heading=heading, subtitle=subtitle, status=status,
                               sections=full, notices=notices, footer=footer,
                               version=code_version()["package"], plotlyjs=plotly_js())
-
-
-def _write(path: Path, html: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 # -- the run report ----------------------------------------------------------------------------
@@ -649,7 +642,7 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None) -> tupl
         footer="kimchi-paper run report · figures from the run folder's files · times are event "
                "times (UTC) · annualised with 365 days")
     path = Path(out) if out else rd.dir / "report.html"
-    return _write(path, html), notices
+    return write_atomically(path, html), notices
 
 
 # -- comparing runs ----------------------------------------------------------------------------
@@ -708,7 +701,7 @@ def build_compare_report(run_dirs: list[str | Path], out: str | Path) -> tuple[P
                        subtitle=" vs ".join(rd.run_id for rd in runs), status="compare",
                        sections=sections, notices=notices,
                        footer="kimchi-paper comparison · figures from each run folder's files")
-    return _write(Path(out), html), notices
+    return write_atomically(Path(out), html), notices
 
 
 __all__ = ["MAX_LINE_POINTS", "build_compare_report", "build_run_report", "cell", "fig_div",
