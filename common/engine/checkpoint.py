@@ -81,11 +81,9 @@ def resume_plan(run_dir: str | Path) -> dict:
     if kind not in ("mock", "replay"):
         raise CheckpointError(f"{d}: a run on {kind or 'unknown'} data cannot be replayed, so "
                               "it cannot be resumed (mock and replay runs can)")
-    trades = d / "trades"
-    logs = sorted(trades.glob("top*_trade_log.jsonl")) if trades.is_dir() else []
-    if not logs:
+    top_n = int(settings.get("topn_size", 0))  # what names the run's trade log, as run.py does
+    if not (d / "trades" / f"top{top_n}_trade_log.jsonl").exists():
         raise CheckpointError(f"{d}: no trade log in trades/")
-    top_n = int(logs[0].name[3:].split("_", 1)[0])
     return {"run_id": d.name, "log_dir": d.parent, "settings": settings, "kind": kind,
             "replay_path": src.get("path"), "duration_s": src.get("seconds"),
             "top_n": top_n, "started_utc": info.get("started_utc")}

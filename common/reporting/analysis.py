@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from common.reporting.runs import read_json
+from common.reporting.series import MARK_COLUMNS
 from common.reporting.trade_log import FIELD_NAMES, read_trade_log_tolerant
 
 _QUOTES = ("KRW", "USDT")
@@ -128,8 +129,6 @@ def load_run_folder(run_dir: str | Path) -> RunData:
                          "equity drawn from closed round trips only", n)
     rd.premium = _columns(d / "premium.parquet", ("t_ns", "symbol", "premium_bps", "level_bps"),
                           "no premium plots", n)
-    from common.reporting.series import MARK_COLUMNS
-
     rd.marks = _columns(d / "marks.parquet", ("t_ns", *MARK_COLUMNS),
                         "no balance and exposure plots", n)
     unknown = {k for r in rd.rows[:1] for k in r} - set(FIELD_NAMES)
